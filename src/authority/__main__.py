@@ -1,0 +1,7 @@
+"""`python -m authority` is the `authority` command."""
+
+import sys
+
+from authority.cli import main
+
+sys.exit(main())

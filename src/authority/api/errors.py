@@ -1,0 +1,169 @@
+"""The one place where domain errors become gRPC statuses, and where every call is logged.
+
+Servicer methods are wrapped by `management` (authenticates the bearer first) or `public`
+(Validate, Ping). Both map `AuthorityError` to its status with google.rpc details, turn any
+other exception into INTERNAL without leaking a stack trace to the caller, and log one line
+per call: method, status, duration, token id. Never a secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from authority.domain import errors
+from authority.domain.service import Caller
+
+_STATUS: dict[type[errors.AuthorityError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+R = TypeVar("R")
+log = logging.getLogger("authority.calls")
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class HasRuntime(Protocol):
+    @property
+    def runtime(self) -> HasAuthenticate: ...
+
+
+class HasAuthenticate(Protocol):
+    async def authenticate(self, context: Context, permission: str) -> Caller: ...
+
+
+def status_of(error: errors.AuthorityError) -> grpc.Status:
+    """The gRPC status (with google.rpc details where they help) for a domain error."""
+    code = _STATUS.get(type(error), grpc.StatusCode.FAILED_PRECONDITION)
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    if isinstance(error, errors.InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.description
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+async def _abort(context: Context, status: grpc.Status) -> NoReturn:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable: abort raises")
+
+
+async def _abort_internal(context: Context, method: str) -> NoReturn:
+    incident = uuid.uuid4().hex[:12]
+    log.exception("internal error in %s (incident %s)", method, incident)
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error (incident {incident}); the server log has the details",
+    )
+    await _abort(context, rpc_status.to_status(status))
+
+
+def _log_call(method: str, code: str, started: float, token_id: str, level: int) -> None:
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "rpc",
+            extra={
+                "rpc_method": method,
+                "rpc_status": code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "token_id": token_id,
+            },
+        )
+
+
+S = TypeVar("S", bound=HasRuntime)
+Request = TypeVar("Request")
+
+
+def management(
+    method: str,
+) -> Callable[
+    [Callable[[S, Request, Caller], Awaitable[R]]],
+    Callable[[S, Request, Context], Awaitable[R]],
+]:
+    """Authenticate the bearer for `method` (its full name, e.g.
+    `authority.v1.TokenAuthority.IssueToken`, is the permission the bearer needs), run the
+    call, map errors, log one line."""
+
+    def wrap(
+        handler: Callable[[S, Request, Caller], Awaitable[R]],
+    ) -> Callable[[S, Request, Context], Awaitable[R]]:
+        @functools.wraps(handler)
+        async def call(servicer: S, request: Request, context: Context) -> R:
+            started = time.perf_counter()
+            token_id = ""
+            try:
+                caller = await servicer.runtime.authenticate(context, method)
+                token_id = caller.token_id
+                result = await handler(servicer, request, caller)
+            except errors.AuthorityError as error:
+                status = status_of(error)
+                _log_call(method, status.code.name, started, token_id, logging.INFO)
+                await _abort(context, status)
+            except Exception:
+                _log_call(method, "INTERNAL", started, token_id, logging.ERROR)
+                await _abort_internal(context, method)
+            _log_call(method, "OK", started, token_id, logging.INFO)
+            return result
+
+        return call
+
+    return wrap
+
+
+def public(
+    method: str,
+) -> Callable[
+    [Callable[[Any, Request, Context], Awaitable[R]]],
+    Callable[[Any, Request, Context], Awaitable[R]],
+]:
+    """For the hot path: no bearer, errors mapped, one DEBUG line per call."""
+
+    def wrap(
+        handler: Callable[[Any, Request, Context], Awaitable[R]],
+    ) -> Callable[[Any, Request, Context], Awaitable[R]]:
+        @functools.wraps(handler)
+        async def call(servicer: Any, request: Request, context: Context) -> R:
+            started = time.perf_counter()
+            try:
+                result = await handler(servicer, request, context)
+            except errors.AuthorityError as error:
+                status = status_of(error)
+                _log_call(method, status.code.name, started, "", logging.INFO)
+                await _abort(context, status)
+            except Exception:
+                _log_call(method, "INTERNAL", started, "", logging.ERROR)
+                await _abort_internal(context, method)
+            _log_call(method, "OK", started, "", logging.DEBUG)
+            return result
+
+        return call
+
+    return wrap

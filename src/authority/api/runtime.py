@@ -1,0 +1,75 @@
+"""What both servicers share: authentication and running domain calls off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from authority.cache.validator import Validator
+from authority.domain.errors import PermissionDenied, Unauthenticated
+from authority.domain.service import AuthorityService, Caller
+from authority.domain.validation import Reason
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_REFUSALS = {
+    Reason.MALFORMED: "the bearer token is malformed: expected a tka_... token",
+    Reason.UNKNOWN: "the bearer token is not known to this service",
+    Reason.EXPIRED: "the bearer token has expired: ask for a new one",
+    Reason.REVOKED: "the bearer token was revoked: ask for a new one",
+}
+
+
+class Runtime:
+    """Built once by server.py and handed to every servicer."""
+
+    def __init__(
+        self,
+        service: AuthorityService,
+        validator: Validator,
+        executor: ThreadPoolExecutor,
+        batch_max: int,
+    ) -> None:
+        self.service = service
+        self.validator = validator
+        self.executor = executor
+        self.batch_max = batch_max
+
+    async def run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking domain/store code in the bounded database thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, functools.partial(function, *args, **kwargs)
+        )
+
+    async def authenticate(
+        self, context: grpc.aio.ServicerContext[Any, Any], permission: str
+    ) -> Caller:
+        """The caller behind `authorization: Bearer <token>`, checked for the called method.
+
+        Uses the same Validator as Validate, so a revoked bearer stops working at once.
+        """
+        value = ""
+        for key, item in context.invocation_metadata() or ():
+            if key == "authorization":
+                value = item if isinstance(item, str) else item.decode("ascii", "replace")
+                break
+        scheme, _, credential = value.partition(" ")
+        if not value:
+            raise Unauthenticated(
+                "missing credentials: send metadata `authorization: Bearer <token>`"
+            )
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise Unauthenticated("the authorization metadata must read `Bearer <token>`")
+        verdict = await self.validator.validate(credential.strip(), permission)
+        if verdict.reason is Reason.PERMISSION_DENIED:
+            raise PermissionDenied(f"the bearer token's scopes do not allow {permission}")
+        if not verdict.valid or verdict.entry is None:
+            raise Unauthenticated(_REFUSALS.get(verdict.reason, "the bearer token is not valid"))
+        return Caller.from_entry(verdict.entry)

@@ -1,0 +1,126 @@
+"""TokenAuthority servicer: parse the request, call the domain, map the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from authority.api import convert
+from authority.api.errors import Context, management, public
+from authority.api.runtime import Runtime
+from authority.domain.errors import InvalidArgument
+from authority.domain.service import Caller, IssueTokenCommand
+from authority.v1 import token_authority_pb2 as pb
+from authority.v1 import token_authority_pb2_grpc
+
+SERVICE = "authority.v1.TokenAuthority"
+log = logging.getLogger("authority.calls")
+
+
+class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @management(f"{SERVICE}.IssueToken")
+    async def IssueToken(
+        self, request: pb.IssueTokenRequest, caller: Caller
+    ) -> pb.IssueTokenResponse:
+        expiry = request.WhichOneof("expiry")
+        command = IssueTokenCommand(
+            organization=request.organization,
+            label=request.label,
+            description=request.description,
+            subject=request.subject,
+            scopes=list(request.scopes),
+            scope_profile=convert.profile_name(request.scope_profile),
+            expires_at=(
+                convert.to_datetime(request.expires_at, "expires_at")
+                if expiry == "expires_at"
+                else None
+            ),
+            ttl=(
+                convert.to_timedelta(request.ttl.seconds, request.ttl.nanos, "ttl")
+                if expiry == "ttl"
+                else None
+            ),
+            properties=dict(request.properties),
+        )
+        issued = await self.runtime.run(self.runtime.service.issue_token, caller, command)
+        # A fresh id cannot be cached, but a negative entry for it could be: drop it.
+        self.runtime.validator.invalidate(issued.record.token_id)
+        return pb.IssueTokenResponse(token=convert.token(issued.record), secret=issued.secret)
+
+    @public(f"{SERVICE}.Validate")
+    async def Validate(self, request: pb.ValidateRequest, context: Context) -> pb.ValidateResponse:
+        verdict = await self.runtime.validator.validate(request.token, request.permission)
+        return convert.verdict(verdict, request.request_id)
+
+    @public(f"{SERVICE}.ValidateBatch")
+    async def ValidateBatch(
+        self, request: pb.ValidateBatchRequest, context: Context
+    ) -> pb.ValidateBatchResponse:
+        limit = self.runtime.batch_max
+        if len(request.requests) > limit:
+            raise InvalidArgument(
+                "requests", f"at most {limit} per call (got {len(request.requests)}); split it"
+            )
+        validate = self.runtime.validator.validate
+        results = [
+            convert.verdict(await validate(item.token, item.permission), item.request_id)
+            for item in request.requests
+        ]
+        return pb.ValidateBatchResponse(results=results)
+
+    async def ValidateStream(
+        self, request_iterator: AsyncIterator[pb.ValidateRequest], context: Context
+    ) -> AsyncIterator[pb.ValidateResponse]:
+        started = time.perf_counter()
+        count = 0
+        validate = self.runtime.validator.validate
+        async for item in request_iterator:
+            count += 1
+            yield convert.verdict(await validate(item.token, item.permission), item.request_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "rpc",
+                extra={
+                    "rpc_method": f"{SERVICE}.ValidateStream",
+                    "rpc_status": "OK",
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "token_id": "",
+                    "messages": count,
+                },
+            )
+
+    @management(f"{SERVICE}.GetToken")
+    async def GetToken(self, request: pb.GetTokenRequest, caller: Caller) -> pb.Token:
+        record = await self.runtime.run(self.runtime.service.get_token, caller, request.token_id)
+        return convert.token(record)
+
+    @management(f"{SERVICE}.ListTokens")
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, caller: Caller
+    ) -> pb.ListTokensResponse:
+        page = await self.runtime.run(
+            self.runtime.service.list_tokens,
+            caller,
+            request.organization,
+            request.page_size,
+            request.page_token,
+            request.include_revoked,
+        )
+        return pb.ListTokensResponse(
+            tokens=[convert.token(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    @management(f"{SERVICE}.RevokeToken")
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, caller: Caller) -> pb.Token:
+        record = await self.runtime.run(self.runtime.service.revoke_token, caller, request.token_id)
+        self.runtime.validator.invalidate(record.token_id)
+        return convert.token(record)
+
+    @public(f"{SERVICE}.Ping")
+    async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
+        return pb.PingResponse(payload=request.payload)

@@ -1,0 +1,173 @@
+"""Validate with an in-process cache in front of the store.
+
+A hit does no I/O and awaits nothing; a miss reads the store once however many callers ask
+for the same id at the same moment. The decision itself is `domain.validation.check`, the same
+code for hits and misses. Everything here runs on the event loop thread, so the dictionaries
+need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from authority.domain.clock import Clock
+from authority.domain.token_format import SecretHasher, parse_token
+from authority.domain.validation import MALFORMED, ValidationEntry, Verdict, check
+
+Loader = Callable[[str], Awaitable[ValidationEntry | None]]
+Monotonic = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Bounds of the cache. `max_entries=0` disables it: every Validate reads the store."""
+
+    max_entries: int = 100_000
+    max_staleness: float = 30.0
+    negative_entries: int = 10_000
+    negative_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int
+    misses: int
+    evictions: int
+    size: int
+    negative_hits: int
+    negative_size: int
+    coalesced: int
+    store_reads: int
+    invalidations: int
+    max_entries: int
+
+
+class Validator:
+    """Answers Validate for one process; `invalidate` keeps it exact for changes made here.
+
+    Live tokens and ids that do not exist are kept apart: a flood of random well-formed ids
+    fills only the small, short-lived negative map and cannot evict a live entry.
+    """
+
+    def __init__(
+        self,
+        load: Loader,
+        hasher: SecretHasher,
+        clock: Clock,
+        config: CacheConfig,
+        monotonic: Monotonic = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._hasher = hasher
+        self._clock = clock
+        self._config = config
+        self._monotonic = monotonic
+        self._entries: OrderedDict[str, tuple[ValidationEntry, float]] = OrderedDict()
+        self._absent: OrderedDict[str, float] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[ValidationEntry | None]] = {}
+        # Bumped by every invalidation; a read that started before one is not cached.
+        self._epoch = 0
+        self._hits = self._misses = self._evictions = self._negative_hits = 0
+        self._coalesced = self._store_reads = self._invalidations = 0
+
+    async def validate(self, value: str, permission: str) -> Verdict:
+        """The verdict on a presented token value for `permission` ("" = alive only)."""
+        token = parse_token(value)
+        if token is None:
+            return MALFORMED
+        token_id = token.token_id
+        cached = self._entries.get(token_id)
+        if cached is not None and self._monotonic() < cached[1]:
+            self._hits += 1
+            self._entries.move_to_end(token_id)
+            entry: ValidationEntry | None = cached[0]
+        else:
+            entry = await self._miss(token_id)
+        return check(entry, token, permission, self._clock().timestamp(), self._hasher)
+
+    async def lookup(self, token_id: str) -> ValidationEntry | None:
+        """The entry for an id (through the cache), for callers that authenticate."""
+        cached = self._entries.get(token_id)
+        if cached is not None and self._monotonic() < cached[1]:
+            self._hits += 1
+            return cached[0]
+        return await self._miss(token_id)
+
+    async def _miss(self, token_id: str) -> ValidationEntry | None:
+        self._misses += 1
+        config = self._config
+        if config.max_entries <= 0:
+            self._store_reads += 1
+            return await self._load(token_id)
+        absent_until = self._absent.get(token_id)
+        if absent_until is not None:
+            if self._monotonic() < absent_until:
+                self._negative_hits += 1
+                return None
+            del self._absent[token_id]
+        pending = self._inflight.get(token_id)
+        if pending is not None:
+            self._coalesced += 1
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ValidationEntry | None] = asyncio.get_running_loop().create_future()
+        self._inflight[token_id] = future
+        epoch = self._epoch
+        try:
+            self._store_reads += 1
+            entry = await self._load(token_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters re-raise it; nobody else must log it
+            raise
+        finally:
+            if self._inflight.get(token_id) is future:
+                del self._inflight[token_id]
+        if epoch == self._epoch:
+            self._remember(token_id, entry)
+        future.set_result(entry)
+        return entry
+
+    def _remember(self, token_id: str, entry: ValidationEntry | None) -> None:
+        config = self._config
+        now = self._monotonic()
+        if entry is None:
+            if config.negative_entries > 0:
+                self._absent[token_id] = now + config.negative_ttl
+                if len(self._absent) > config.negative_entries:
+                    self._absent.popitem(last=False)
+            return
+        self._entries[token_id] = (entry, now + config.max_staleness)
+        self._entries.move_to_end(token_id)
+        if len(self._entries) > config.max_entries:
+            self._entries.popitem(last=False)
+            self._evictions += 1
+
+    def invalidate(self, token_id: str) -> None:
+        """Forget a token now: the next Validate re-reads the store.
+
+        Called on the event loop after the change committed and before the RPC that made it
+        returns. A read already in flight is detached so that no later caller joins it.
+        """
+        self._epoch += 1
+        self._invalidations += 1
+        self._entries.pop(token_id, None)
+        self._absent.pop(token_id, None)
+        self._inflight.pop(token_id, None)
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            size=len(self._entries),
+            negative_hits=self._negative_hits,
+            negative_size=len(self._absent),
+            coalesced=self._coalesced,
+            store_reads=self._store_reads,
+            invalidations=self._invalidations,
+            max_entries=self._config.max_entries,
+        )

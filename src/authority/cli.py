@@ -1,0 +1,128 @@
+"""`authority`: serve, migrate, bootstrap the first administrator, print usage hints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from authority import logs
+from authority.domain.errors import AuthorityError
+from authority.settings import Settings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authority", description="Token Authority: issues, validates and revokes API tokens."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", help="SQLAlchemy URL (env AUTHORITY_DATABASE_URL)")
+    common.add_argument("--log-level", help="DEBUG, INFO, WARNING (env AUTHORITY_LOG_LEVEL)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="migrate, then serve gRPC")
+    serve.add_argument("--listen", help="host:port (env AUTHORITY_LISTEN, default 127.0.0.1:50051)")
+    serve.add_argument("--cache-max-entries", type=int, help="0 disables the Validate cache")
+
+    commands.add_parser("migrate", parents=[common], help="apply database migrations")
+
+    bootstrap = commands.add_parser(
+        "bootstrap",
+        parents=[common],
+        help="create the first global administrator; prints its token once, on the last line",
+    )
+    bootstrap.add_argument("--name", default="admin", help="principal name (default admin)")
+    bootstrap.add_argument("--quiet", action="store_true", help="print only the token")
+
+    hint = commands.add_parser("hint", help="print grpcurl commands to get started")
+    hint.add_argument("--listen", default=None)
+    hint.add_argument("--token-file", default="var/admin-token")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env().replace(
+            database_url=getattr(args, "database_url", None),
+            log_level=getattr(args, "log_level", None),
+            listen=getattr(args, "listen", None),
+            cache_max_entries=getattr(args, "cache_max_entries", None),
+        )
+        logs.configure(settings.log_level)
+        return _run(args, settings)
+    except (AuthorityError, SettingsError) as error:
+        print(f"authority: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from authority.store.database import migrate
+
+    if args.command == "migrate":
+        migrate(settings.database_url)
+        print(f"database at the newest schema: {_safe_url(settings.database_url)}")
+        return 0
+    if args.command == "serve":
+        from authority.server import serve
+
+        migrate(settings.database_url)
+        asyncio.run(serve(settings))
+        return 0
+    if args.command == "bootstrap":
+        from authority.server import build_application
+
+        migrate(settings.database_url)
+        application = build_application(settings)
+        try:
+            issued = application.service.bootstrap(args.name)
+        finally:
+            application.executor.shutdown()
+            application.store.dispose()
+        if not args.quiet:
+            print(
+                f"Created global administrator {args.name!r} (token id {issued.record.token_id})."
+            )
+            print("Its token follows. It is shown only this once; keep it secret.")
+        print(issued.secret)
+        return 0
+    if args.command == "hint":
+        _print_hint(settings.listen, Path(args.token_file))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _print_hint(listen: str, token_file: Path) -> None:
+    token = f"$(cat {shlex.quote(str(token_file))})"
+    print(
+        f"""
+Token Authority is starting on {listen} (Ctrl-C stops it).
+The administrator token is in {token_file}. In another terminal, paste:
+
+  grpcurl -plaintext {listen} list
+  grpcurl -plaintext -H "authorization: Bearer {token}" \\
+    -d '{{"name": "acme", "display_name": "Acme Inc."}}' \\
+    {listen} authority.v1.Admin/CreateOrganization
+  grpcurl -plaintext -H "authorization: Bearer {token}" \\
+    -d '{{"organization": "acme", "label": "ci-download", "scopes": ["download-only"]}}' \\
+    {listen} authority.v1.TokenAuthority/IssueToken
+
+(`grpcurl` is in .venv/bin; README.md has the whole session.)
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

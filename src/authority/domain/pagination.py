@@ -1,0 +1,41 @@
+"""Opaque page tokens (AIP-158) bound to the query they continue."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from authority.domain.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; above the maximum is coerced down, as AIP-158 asks."""
+    if requested < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode(query: list[object], position: int | str) -> str:
+    """A token that resumes `query` after `position`."""
+    raw = json.dumps([query, position], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(token: str, query: list[object]) -> int | str | None:
+    """The position a page token resumes from; None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        stored_query, position = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise InvalidArgument("page_token", "is not a page token from this service") from error
+    if stored_query != query or not isinstance(position, int | str):
+        raise InvalidArgument(
+            "page_token", "belongs to a different query: keep the other fields unchanged"
+        )
+    return position

@@ -1,0 +1,102 @@
+"""The token value: `tka_<id>_<secret><checksum>`.
+
+- `tka_` makes a leaked token recognisable to secret scanners (see README for the regex).
+- `<id>`: 16 base62 characters, the public token id used to find the stored record.
+- `<secret>`: 43 base62 characters carrying 256 bits from `secrets`.
+- `<checksum>`: 6 base62 characters of CRC32 over everything before it, so that a mistyped or
+  truncated token is refused before any cache or store lookup. It is not a security control:
+  the secret is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "tka_"
+ID_LENGTH = 16
+SECRET_LENGTH = 43
+CHECKSUM_LENGTH = 6
+TOKEN_LENGTH = len(PREFIX) + ID_LENGTH + 1 + SECRET_LENGTH + CHECKSUM_LENGTH
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# For secret scanners and for the README; the parser below uses the same shape.
+SCANNER_REGEX = r"\btka_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b"
+
+_TOKEN_RE = re.compile(
+    rf"tka_([0-9A-Za-z]{{{ID_LENGTH}}})_[0-9A-Za-z]{{{SECRET_LENGTH}}}([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
+)
+_TOKEN_ID_RE = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
+_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A token value that passed the format and checksum checks (not yet authenticated)."""
+
+    token_id: str
+    value: str
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rest = divmod(number, 62)
+        digits.append(ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def new_token_id() -> str:
+    """A fresh random public id (about 95 bits, so collisions are not a concern)."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(ID_LENGTH))
+
+
+def new_token(token_id: str | None = None) -> ParsedToken:
+    """Mint a token value with a 256-bit secret."""
+    token_id = token_id or new_token_id()
+    secret = _base62(int.from_bytes(secrets.token_bytes(_SECRET_BYTES), "big"), SECRET_LENGTH)
+    body = f"{PREFIX}{token_id}_{secret}"
+    return ParsedToken(token_id=token_id, value=body + _checksum(body))
+
+
+def parse_token(value: str) -> ParsedToken | None:
+    """The token if its shape and checksum are right, else None. No I/O: garbage stops here."""
+    if len(value) != TOKEN_LENGTH:
+        return None
+    match = _TOKEN_RE.fullmatch(value)
+    if match is None or _checksum(value[:-CHECKSUM_LENGTH]) != match.group(2):
+        return None
+    return ParsedToken(token_id=match.group(1), value=value)
+
+
+def is_token_id(value: str) -> bool:
+    """Whether `value` has the shape of a public token id."""
+    return _TOKEN_ID_RE.fullmatch(value) is not None
+
+
+class SecretHasher:
+    """Keyed hash of token values: HMAC-SHA256 with a server-side pepper.
+
+    Tokens carry 256 random bits, so a fast keyed hash is enough (argon2 is for passwords);
+    the pepper means a stolen database alone cannot confirm a guessed token.
+    """
+
+    def __init__(self, pepper: bytes) -> None:
+        if len(pepper) < 32:
+            raise ValueError("the pepper must hold at least 32 bytes")
+        self._pepper = pepper
+
+    def hash(self, token: ParsedToken) -> bytes:
+        """The keyed hash stored in place of the token value."""
+        return hmac.digest(self._pepper, token.value.encode("ascii"), hashlib.sha256)
+
+    def matches(self, token: ParsedToken, secret_hash: bytes) -> bool:
+        """Constant-time comparison of the presented token with the stored hash."""
+        return hmac.compare_digest(self.hash(token), secret_hash)

@@ -1,0 +1,97 @@
+"""The Validate decision. One function serves cache hits and store reads alike."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from authority.domain.models import TokenRecord
+from authority.domain.scopes import PermissionMatcher, is_permission, normalize
+from authority.domain.token_format import ParsedToken, SecretHasher
+
+
+class Reason(enum.IntEnum):
+    """Why a token was refused; the numbers are those of the proto enum."""
+
+    OK = 0
+    MALFORMED = 1
+    UNKNOWN = 2
+    EXPIRED = 3
+    REVOKED = 4
+    PERMISSION_DENIED = 5
+    INVALID_PERMISSION = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationEntry:
+    """What a check needs to know about a token: what the cache holds. Never the secret."""
+
+    token_id: str
+    secret_hash: bytes
+    organization: str
+    subject: str
+    scopes: tuple[str, ...]
+    matcher: PermissionMatcher
+    expires_at: datetime | None
+    expires_ts: float
+    revoked: bool
+
+    @classmethod
+    def from_record(cls, record: TokenRecord) -> ValidationEntry:
+        """Compile a stored record into the form the hot path reads."""
+        return cls(
+            token_id=record.token_id,
+            secret_hash=record.secret_hash,
+            organization=record.organization or "",
+            subject=record.subject or "",
+            scopes=record.scopes,
+            matcher=PermissionMatcher.compile(record.scopes),
+            expires_at=record.expires_at,
+            expires_ts=record.expires_at.timestamp() if record.expires_at else math.inf,
+            revoked=record.revoked_at is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer: `reason` is OK when valid. `entry` is set whenever the token was found."""
+
+    reason: Reason
+    entry: ValidationEntry | None
+
+    @property
+    def valid(self) -> bool:
+        return self.reason is Reason.OK
+
+
+MALFORMED = Verdict(Reason.MALFORMED, None)
+UNKNOWN = Verdict(Reason.UNKNOWN, None)
+
+
+def check(
+    entry: ValidationEntry | None,
+    token: ParsedToken,
+    permission: str,
+    now_ts: float,
+    hasher: SecretHasher,
+) -> Verdict:
+    """Decide on a well-formed token given what is stored for its id (None: nothing).
+
+    A wrong secret for a known id is UNKNOWN, like an unknown id, so that the answer does
+    not tell a guesser that an id exists. Expiry is inclusive: at `expires_at` it is expired.
+    """
+    if entry is None or not hasher.matches(token, entry.secret_hash):
+        return UNKNOWN
+    if entry.revoked:
+        return Verdict(Reason.REVOKED, entry)
+    if now_ts >= entry.expires_ts:
+        return Verdict(Reason.EXPIRED, entry)
+    if permission and not entry.matcher.allows(permission):
+        normalized = normalize(permission)
+        if not is_permission(normalized):
+            return Verdict(Reason.INVALID_PERMISSION, entry)
+        if not entry.matcher.allows(normalized):
+            return Verdict(Reason.PERMISSION_DENIED, entry)
+    return Verdict(Reason.OK, entry)

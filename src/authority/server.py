@@ -1,0 +1,135 @@
+"""Wiring: builds the object graph once, at start, and serves it on a grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authority.api.admin import AdminServicer
+from authority.api.runtime import Runtime
+from authority.api.token_authority import TokenAuthorityServicer
+from authority.cache.validator import CacheConfig, Monotonic, Validator
+from authority.domain.clock import Clock, system_clock
+from authority.domain.service import AuthorityService
+from authority.domain.token_format import SecretHasher
+from authority.domain.validation import ValidationEntry
+from authority.settings import Settings
+from authority.store.database import create_engines
+from authority.store.repository import SqlStore
+from authority.v1 import admin_pb2, admin_pb2_grpc, token_authority_pb2, token_authority_pb2_grpc
+
+log = logging.getLogger("authority.server")
+
+SERVICE_NAMES = (
+    token_authority_pb2.DESCRIPTOR.services_by_name["TokenAuthority"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+@dataclass
+class Application:
+    """The object graph of one server process."""
+
+    settings: Settings
+    store: SqlStore
+    service: AuthorityService
+    validator: Validator
+    runtime: Runtime
+    executor: ThreadPoolExecutor
+
+
+def build_application(
+    settings: Settings, clock: Clock = system_clock, monotonic: Monotonic = time.monotonic
+) -> Application:
+    """Everything but the gRPC server; no I/O beyond opening the engines lazily."""
+    writer, reader = create_engines(settings.database_url, settings.database_threads)
+    store = SqlStore(writer, reader)
+    hasher = SecretHasher(settings.load_pepper())
+    service = AuthorityService(store, clock, hasher)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.database_threads, thread_name_prefix="authority-db"
+    )
+
+    async def load(token_id: str) -> ValidationEntry | None:
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(executor, store.get_token, token_id)
+        return ValidationEntry.from_record(record) if record is not None else None
+
+    validator = Validator(
+        load,
+        hasher,
+        clock,
+        CacheConfig(
+            max_entries=settings.cache_max_entries,
+            max_staleness=settings.cache_max_staleness_seconds,
+            negative_entries=settings.negative_cache_entries,
+            negative_ttl=settings.negative_cache_ttl_seconds,
+        ),
+        monotonic,
+    )
+    runtime = Runtime(service, validator, executor, settings.validate_batch_max)
+    return Application(settings, store, service, validator, runtime, executor)
+
+
+class RunningServer:
+    """A started server: its bound port, its application, and a way to stop it."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, application: Application) -> None:
+        self.server = server
+        self.port = port
+        self.application = application
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+        self.application.executor.shutdown(wait=True)
+        self.application.store.dispose()
+
+
+async def start_server(application: Application) -> RunningServer:
+    """Serve TokenAuthority, Admin, health and reflection on settings.listen."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+    )
+    token_authority_pb2_grpc.add_TokenAuthorityServicer_to_server(
+        TokenAuthorityServicer(application.runtime), server
+    )
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(application.runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(application.settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {application.settings.listen}")
+    await server.start()
+    for name in (*SERVICE_NAMES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, application)
+
+
+async def serve(settings: Settings) -> None:
+    """`authority serve`: run until SIGINT/SIGTERM, then drain calls in flight."""
+    running = await start_server(build_application(settings))
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info("serving", extra={"listen": f"{host}:{running.port}"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await running.stop(grace=5.0)

@@ -1,0 +1,91 @@
+"""Typed settings: environment variables (AUTHORITY_*), overridable by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///var/authority.db"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, built once at start and passed to what needs it."""
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    log_level: str = "INFO"
+    # Hex; when empty, the pepper is read from (or first written to) pepper_file.
+    pepper_hex: str = ""
+    pepper_file: Path = Path("var/pepper")
+    cache_max_entries: int = 100_000
+    cache_max_staleness_seconds: float = 30.0
+    negative_cache_entries: int = 10_000
+    negative_cache_ttl_seconds: float = 5.0
+    validate_batch_max: int = 1000
+    database_threads: int = 4
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read AUTHORITY_<FIELD> for every field, e.g. AUTHORITY_DATABASE_URL."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"AUTHORITY_{field.name.upper()}")
+            if raw is not None and raw != "":
+                values[field.name] = _coerce(field.name, field.type, raw)
+        return cls(**values)
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with the given fields changed; None values are ignored (unset CLI flags)."""
+        return dataclasses.replace(
+            self, **{name: value for name, value in overrides.items() if value is not None}
+        )
+
+    def load_pepper(self) -> bytes:
+        """The HMAC key for token hashes. Created (mode 600) on first use if none is set.
+
+        Every replica sharing a database must use the same pepper: set AUTHORITY_PEPPER_HEX.
+        """
+        if self.pepper_hex:
+            try:
+                pepper = bytes.fromhex(self.pepper_hex)
+            except ValueError as error:
+                raise SettingsError("AUTHORITY_PEPPER_HEX is not hexadecimal") from error
+            if len(pepper) < 32:
+                raise SettingsError("AUTHORITY_PEPPER_HEX must hold at least 32 bytes")
+            return pepper
+        path = self.pepper_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        pepper = bytes.fromhex(path.read_text().strip())
+        if len(pepper) < 32:
+            raise SettingsError(f"{path} must hold at least 32 bytes of hex")
+        return pepper
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as error:
+        raise SettingsError(f"AUTHORITY_{name.upper()}={raw!r} is not a valid {kind}") from error
+    return raw

@@ -1,0 +1,270 @@
+"""The store: repositories over the ORM, one Session per transaction (the unit of work)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from authority.domain.errors import AlreadyExists
+from authority.domain.models import (
+    Membership,
+    Organization,
+    Principal,
+    PrincipalKind,
+    Role,
+    TokenRecord,
+)
+from authority.store.schema import MembershipRow, OrganizationRow, PrincipalRow, TokenRow
+
+_TOKEN_COLUMNS = (
+    TokenRow.token_id,
+    TokenRow.secret_hash,
+    TokenRow.organization,
+    TokenRow.subject,
+    TokenRow.label,
+    TokenRow.description,
+    TokenRow.scopes,
+    TokenRow.created_at,
+    TokenRow.expires_at,
+    TokenRow.revoked_at,
+    TokenRow.created_by,
+    TokenRow.properties,
+)
+# The Validate read: a Core statement compiled once, no ORM identity map on the hot path.
+_GET_TOKEN = select(*_TOKEN_COLUMNS).where(TokenRow.token_id == bindparam("token_id"))
+
+
+def _token_from_row(row: TokenRow) -> TokenRecord:
+    return TokenRecord(
+        token_id=row.token_id,
+        secret_hash=bytes(row.secret_hash),
+        organization=row.organization,
+        subject=row.subject,
+        label=row.label,
+        description=row.description,
+        scopes=tuple(row.scopes),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        created_by=row.created_by,
+        properties=dict(row.properties),
+    )
+
+
+class SqlTransaction:
+    """Implements domain.ports.Transaction over one Session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    # organisations
+    def get_organization(self, name: str) -> Organization | None:
+        row = self._session.get(OrganizationRow, name)
+        return Organization(row.name, row.display_name, row.created_at) if row else None
+
+    def add_organization(self, organization: Organization) -> None:
+        self._session.add(
+            OrganizationRow(
+                name=organization.name,
+                display_name=organization.display_name,
+                created_at=organization.created_at,
+            )
+        )
+        self._session.flush()
+
+    def list_organizations(
+        self, only: Sequence[str] | None, after: str | None, limit: int
+    ) -> list[Organization]:
+        query = select(OrganizationRow).order_by(OrganizationRow.name).limit(limit)
+        if only is not None:
+            query = query.where(OrganizationRow.name.in_(only))
+        if after is not None:
+            query = query.where(OrganizationRow.name > after)
+        return [
+            Organization(row.name, row.display_name, row.created_at)
+            for row in self._session.scalars(query)
+        ]
+
+    # principals
+    def get_principal(self, name: str) -> Principal | None:
+        row = self._session.get(PrincipalRow, name)
+        if row is None:
+            return None
+        return Principal(row.name, PrincipalKind(row.kind), row.global_admin, row.created_at)
+
+    def add_principal(self, principal: Principal) -> None:
+        self._session.add(
+            PrincipalRow(
+                name=principal.name,
+                kind=principal.kind.value,
+                global_admin=principal.global_admin,
+                created_at=principal.created_at,
+            )
+        )
+        self._session.flush()
+
+    def any_global_admin(self) -> bool:
+        query = select(func.count()).select_from(PrincipalRow).where(PrincipalRow.global_admin)
+        return bool(self._session.scalar(query))
+
+    # memberships
+    def get_role(self, organization: str, principal: str) -> Role | None:
+        row = self._session.get(MembershipRow, (organization, principal))
+        return Role(row.role) if row else None
+
+    def set_role(self, membership: Membership) -> None:
+        row = self._session.get(MembershipRow, (membership.organization, membership.principal))
+        if row is None:
+            self._session.add(
+                MembershipRow(
+                    organization=membership.organization,
+                    principal=membership.principal,
+                    role=membership.role.value,
+                )
+            )
+        else:
+            row.role = membership.role.value
+        self._session.flush()
+
+    def remove_membership(self, organization: str, principal: str) -> bool:
+        result = self._session.execute(
+            delete(MembershipRow).where(
+                MembershipRow.organization == organization, MembershipRow.principal == principal
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    def list_members(self, organization: str) -> list[Membership]:
+        query = (
+            select(MembershipRow)
+            .where(MembershipRow.organization == organization)
+            .order_by(MembershipRow.principal)
+        )
+        return [
+            Membership(row.organization, row.principal, Role(row.role))
+            for row in self._session.scalars(query)
+        ]
+
+    def organizations_of(self, principal: str) -> list[str]:
+        query = select(MembershipRow.organization).where(MembershipRow.principal == principal)
+        return list(self._session.scalars(query))
+
+    # tokens
+    def add_token(self, record: TokenRecord) -> None:
+        self._session.add(
+            TokenRow(
+                token_id=record.token_id,
+                secret_hash=record.secret_hash,
+                organization=record.organization,
+                subject=record.subject,
+                label=record.label,
+                description=record.description,
+                scopes=list(record.scopes),
+                properties=dict(record.properties),
+                created_at=record.created_at,
+                expires_at=record.expires_at,
+                revoked_at=record.revoked_at,
+                created_by=record.created_by,
+            )
+        )
+        self._session.flush()
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        row = self._session.scalar(select(TokenRow).where(TokenRow.token_id == token_id))
+        return _token_from_row(row) if row else None
+
+    def list_tokens(
+        self,
+        organization: str,
+        subject: str | None,
+        include_revoked: bool,
+        before: int | None,
+        limit: int,
+    ) -> list[tuple[int, TokenRecord]]:
+        query = (
+            select(TokenRow)
+            .where(TokenRow.organization == organization)
+            .order_by(TokenRow.seq.desc())
+            .limit(limit)
+        )
+        if subject is not None:
+            query = query.where(TokenRow.subject == subject)
+        if not include_revoked:
+            query = query.where(TokenRow.revoked_at.is_(None))
+        if before is not None:
+            query = query.where(TokenRow.seq < before)
+        return [(row.seq, _token_from_row(row)) for row in self._session.scalars(query)]
+
+    def revoke_token(self, token_id: str, at: datetime) -> TokenRecord | None:
+        self._session.execute(
+            update(TokenRow)
+            .where(TokenRow.token_id == token_id, TokenRow.revoked_at.is_(None))
+            .values(revoked_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        self._session.expire_all()
+        return self.get_token(token_id)
+
+
+class SqlStore:
+    """Implements domain.ports.Store. Thread-safe: every call checks out its own connection."""
+
+    def __init__(self, writer: Engine, reader: Engine) -> None:
+        self._sessions = sessionmaker(writer, expire_on_commit=False)
+        self._reader = reader
+        self.writer = writer
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        with self._sessions() as session:
+            try:
+                with session.begin():
+                    yield SqlTransaction(session)
+            except IntegrityError as error:
+                # Two callers raced for the same unique name: the loser hears it plainly.
+                raise AlreadyExists("it already exists (created concurrently)") from error
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        """The Validate read path: one indexed lookup on the reader engine."""
+        with self._reader.connect() as connection:
+            row = connection.execute(_GET_TOKEN, {"token_id": token_id}).first()
+            connection.rollback()
+        if row is None:
+            return None
+        (
+            token_id,
+            secret_hash,
+            organization,
+            subject,
+            label,
+            description,
+            scopes,
+            created_at,
+            expires_at,
+            revoked_at,
+            created_by,
+            properties,
+        ) = row
+        return TokenRecord(
+            token_id=token_id,
+            secret_hash=bytes(secret_hash),
+            organization=organization,
+            subject=subject,
+            label=label,
+            description=description,
+            scopes=tuple(scopes),
+            created_at=created_at,
+            expires_at=expires_at,
+            revoked_at=revoked_at,
+            created_by=created_by,
+            properties=dict(properties),
+        )
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        self._reader.dispose()
