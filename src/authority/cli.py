@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from authority import logs
 from authority.domain.errors import AuthorityError
@@ -57,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AuthorityError, SettingsError) as error:
         print(f"authority: {error}", file=sys.stderr)
         return 1
+    except SQLAlchemyError as error:
+        # An unusable database URL or a database that is down: say so in one line.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"authority: database: {type(error).__name__}: {first_line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -69,10 +75,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"database at the newest schema: {_safe_url(settings.database_url)}")
         return 0
     if args.command == "serve":
-        from authority.server import serve
+        from authority.server import run_loop, serve
 
         migrate(settings.database_url)
-        asyncio.run(serve(settings))
+        run_loop(serve(settings), settings.event_loop)
         return 0
     if args.command == "bootstrap":
         from authority.server import build_application

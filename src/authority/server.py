@@ -6,10 +6,13 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,8 +23,8 @@ from authority.cache.validator import CacheConfig, Monotonic, Validator
 from authority.domain.clock import Clock, system_clock
 from authority.domain.service import AuthorityService
 from authority.domain.token_format import SecretHasher
-from authority.domain.validation import ValidationEntry
-from authority.settings import Settings
+from authority.domain.validation import EntryCompiler, ValidationEntry
+from authority.settings import Settings, SettingsError
 from authority.store.database import create_engines
 from authority.store.repository import SqlStore
 from authority.v1 import admin_pb2, admin_pb2_grpc, token_authority_pb2, token_authority_pb2_grpc
@@ -58,10 +61,12 @@ def build_application(
         max_workers=settings.database_threads, thread_name_prefix="authority-db"
     )
 
+    compile_entry = EntryCompiler()
+
     async def load(token_id: str) -> ValidationEntry | None:
         loop = asyncio.get_running_loop()
         record = await loop.run_in_executor(executor, store.get_token, token_id)
-        return ValidationEntry.from_record(record) if record is not None else None
+        return compile_entry(record) if record is not None else None
 
     validator = Validator(
         load,
@@ -119,6 +124,16 @@ async def start_server(application: Application) -> RunningServer:
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, application)
+
+
+def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run the server on uvloop (default) or the standard asyncio loop."""
+    if event_loop == "uvloop":
+        uvloop.run(main)
+    elif event_loop == "asyncio":
+        asyncio.run(main)
+    else:
+        raise SettingsError(f"AUTHORITY_EVENT_LOOP={event_loop!r}: use uvloop or asyncio")
 
 
 async def serve(settings: Settings) -> None:

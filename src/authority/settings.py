@@ -34,6 +34,8 @@ class Settings:
     negative_cache_ttl_seconds: float = 5.0
     validate_batch_max: int = 1000
     database_threads: int = 4
+    # uvloop cuts the per-call cost of the gRPC server by about a tenth (see README).
+    event_loop: str = "uvloop"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +73,10 @@ class Settings:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(secrets.token_hex(32))
-        pepper = bytes.fromhex(path.read_text().strip())
+        try:
+            pepper = bytes.fromhex(path.read_text().strip())
+        except ValueError as error:
+            raise SettingsError(f"{path} is not hexadecimal: fix or remove it") from error
         if len(pepper) < 32:
             raise SettingsError(f"{path} must hold at least 32 bytes of hex")
         return pepper

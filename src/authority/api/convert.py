@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -105,23 +106,68 @@ def token(record: DomainToken) -> token_authority_pb2.Token:
     return message
 
 
-def verdict(result: Verdict, request_id: str) -> token_authority_pb2.ValidateResponse:
-    """The Validate answer. Hot path: one constructor call, no per-field copying."""
+# Validate answers are kept serialized: bytes per cached entry cost a fraction of a message
+# object, and appending a field to a serialized message is how protobuf encodes setting it.
+_REQUEST_ID_TAG = b"\x42"  # ValidateResponse.request_id: field 8, length-delimited
+_RESULT_TAG = b"\x0a"  # ValidateBatchResponse.results: field 1, length-delimited
+_ONE_BYTE_VARINTS = tuple(bytes((length,)) for length in range(128))
+_UNFOUND = {
+    reason: token_authority_pb2.ValidateResponse(
+        valid=False, reason=_REASONS[reason]
+    ).SerializeToString()
+    for reason in Reason
+}
+
+
+def _varint(number: int) -> bytes:
+    if number < 128:
+        return _ONE_BYTE_VARINTS[number]
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def rendered_verdict(result: Verdict, request_id: str) -> bytes:
+    """A serialized ValidateResponse; rendered once per cached entry and reason."""
     entry = result.entry
     if entry is None:
-        return token_authority_pb2.ValidateResponse(
-            valid=False, reason=_REASONS[result.reason], request_id=request_id
-        )
-    return token_authority_pb2.ValidateResponse(
-        valid=result.reason is Reason.OK,
-        reason=_REASONS[result.reason],
-        token_id=entry.token_id,
-        organization=entry.organization,
-        subject=entry.subject,
-        scopes=entry.scopes,
-        expires_at=timestamp(entry.expires_at) if entry.expires_at else None,
-        request_id=request_id,
-    )
+        body = _UNFOUND[result.reason]
+    else:
+        cached = entry.rendered.get(result.reason)
+        if cached is None:
+            cached = entry.rendered[result.reason] = token_authority_pb2.ValidateResponse(
+                valid=result.reason is Reason.OK,
+                reason=_REASONS[result.reason],
+                token_id=entry.token_id,
+                organization=entry.organization,
+                subject=entry.subject,
+                scopes=entry.scopes,
+                expires_at=timestamp(entry.expires_at) if entry.expires_at else None,
+            ).SerializeToString()
+        body = cached
+    if not request_id:
+        return body
+    raw = request_id.encode()
+    return body + _REQUEST_ID_TAG + _varint(len(raw)) + raw
+
+
+def verdict(result: Verdict, request_id: str) -> token_authority_pb2.ValidateResponse:
+    """The Validate answer message."""
+    return token_authority_pb2.ValidateResponse.FromString(rendered_verdict(result, request_id))
+
+
+def batch(
+    verdicts: list[Verdict], requests: Sequence[token_authority_pb2.ValidateRequest]
+) -> token_authority_pb2.ValidateBatchResponse:
+    """One answer per request, in order, parsed from the rendered answers in one C call."""
+    parts: list[bytes] = []
+    for result, request in zip(verdicts, requests, strict=True):
+        body = rendered_verdict(result, request.request_id)
+        parts += (_RESULT_TAG, _varint(len(body)), body)
+    return token_authority_pb2.ValidateBatchResponse.FromString(b"".join(parts))
 
 
 def organization(value: Organization) -> admin_pb2.Organization:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 
 SERVICE = "authority.v1.TokenAuthority"
+# Answers a stream may hold before it stops reading requests (back-pressure).
+STREAM_BUFFER = 1024
 log = logging.getLogger("authority.calls")
 
 
@@ -53,7 +56,10 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
 
     @public(f"{SERVICE}.Validate")
     async def Validate(self, request: pb.ValidateRequest, context: Context) -> pb.ValidateResponse:
-        verdict = await self.runtime.validator.validate(request.token, request.permission)
+        validator = self.runtime.validator
+        verdict = validator.validate_now(request.token, request.permission)
+        if verdict is None:
+            verdict = await validator.validate(request.token, request.permission)
         return convert.verdict(verdict, request.request_id)
 
     @public(f"{SERVICE}.ValidateBatch")
@@ -65,33 +71,81 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             raise InvalidArgument(
                 "requests", f"at most {limit} per call (got {len(request.requests)}); split it"
             )
-        validate = self.runtime.validator.validate
-        results = [
-            convert.verdict(await validate(item.token, item.permission), item.request_id)
-            for item in request.requests
-        ]
-        return pb.ValidateBatchResponse(results=results)
+        validator = self.runtime.validator
+        items = request.requests
+        verdicts = [validator.validate_now(item.token, item.permission) for item in items]
+        misses = [index for index, verdict in enumerate(verdicts) if verdict is None]
+        if misses:
+            # Store reads for the misses run concurrently (and coalesce per id).
+            found = await asyncio.gather(
+                *(validator.validate(items[i].token, items[i].permission) for i in misses)
+            )
+            for index, verdict in zip(misses, found, strict=True):
+                verdicts[index] = verdict
+        return convert.batch(verdicts, items)  # type: ignore[arg-type]
 
     async def ValidateStream(
         self, request_iterator: AsyncIterator[pb.ValidateRequest], context: Context
     ) -> AsyncIterator[pb.ValidateResponse]:
+        """Answers as soon as each is known: cached tokens at once, store reads when done.
+
+        Answers to tokens that need a store read may overtake earlier ones, so a caller
+        matches them by request_id; a slow read never holds up the stream behind it.
+        """
         started = time.perf_counter()
+        validator = self.runtime.validator
+        answers: asyncio.Queue[pb.ValidateResponse | BaseException | None] = asyncio.Queue(
+            maxsize=STREAM_BUFFER
+        )
+        reads: set[asyncio.Task[None]] = set()
         count = 0
-        validate = self.runtime.validator.validate
-        async for item in request_iterator:
-            count += 1
-            yield convert.verdict(await validate(item.token, item.permission), item.request_id)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "rpc",
-                extra={
-                    "rpc_method": f"{SERVICE}.ValidateStream",
-                    "rpc_status": "OK",
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "token_id": "",
-                    "messages": count,
-                },
-            )
+
+        async def read_then_answer(item: pb.ValidateRequest) -> None:
+            verdict = await validator.validate(item.token, item.permission)
+            await answers.put(convert.verdict(verdict, item.request_id))
+
+        async def pump() -> None:
+            nonlocal count
+            try:
+                async for item in request_iterator:
+                    count += 1
+                    verdict = validator.validate_now(item.token, item.permission)
+                    if verdict is not None:
+                        await answers.put(convert.verdict(verdict, item.request_id))
+                    else:
+                        task = asyncio.create_task(read_then_answer(item))
+                        reads.add(task)
+                        task.add_done_callback(reads.discard)
+                if reads:
+                    await asyncio.gather(*reads)
+                await answers.put(None)
+            except BaseException as error:  # surfaced to the caller below
+                await answers.put(error)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while True:
+                answer = await answers.get()
+                if answer is None:
+                    break
+                if isinstance(answer, BaseException):
+                    raise answer
+                yield answer
+        finally:
+            pumping.cancel()
+            for task in list(reads):
+                task.cancel()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "rpc",
+                    extra={
+                        "rpc_method": f"{SERVICE}.ValidateStream",
+                        "rpc_status": "OK",
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "token_id": "",
+                        "messages": count,
+                    },
+                )
 
     @management(f"{SERVICE}.GetToken")
     async def GetToken(self, request: pb.GetTokenRequest, caller: Caller) -> pb.Token:

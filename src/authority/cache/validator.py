@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from authority.domain.clock import Clock
 from authority.domain.token_format import SecretHasher, parse_token
-from authority.domain.validation import MALFORMED, ValidationEntry, Verdict, check
+from authority.domain.validation import MALFORMED, UNKNOWN, ValidationEntry, Verdict, check
 
 Loader = Callable[[str], Awaitable[ValidationEntry | None]]
 Monotonic = Callable[[], float]
@@ -74,8 +74,11 @@ class Validator:
         self._hits = self._misses = self._evictions = self._negative_hits = 0
         self._coalesced = self._store_reads = self._invalidations = 0
 
-    async def validate(self, value: str, permission: str) -> Verdict:
-        """The verdict on a presented token value for `permission` ("" = alive only)."""
+    def validate_now(self, value: str, permission: str) -> Verdict | None:
+        """The verdict if it needs no store read (malformed, cached, known absent), else None.
+
+        Synchronous, so that the hot path creates no coroutine; `validate` finishes the rest.
+        """
         token = parse_token(value)
         if token is None:
             return MALFORMED
@@ -84,57 +87,57 @@ class Validator:
         if cached is not None and self._monotonic() < cached[1]:
             self._hits += 1
             self._entries.move_to_end(token_id)
-            entry: ValidationEntry | None = cached[0]
-        else:
-            entry = await self._miss(token_id)
-        return check(entry, token, permission, self._clock().timestamp(), self._hasher)
-
-    async def lookup(self, token_id: str) -> ValidationEntry | None:
-        """The entry for an id (through the cache), for callers that authenticate."""
-        cached = self._entries.get(token_id)
-        if cached is not None and self._monotonic() < cached[1]:
-            self._hits += 1
-            return cached[0]
-        return await self._miss(token_id)
-
-    async def _miss(self, token_id: str) -> ValidationEntry | None:
-        self._misses += 1
-        config = self._config
-        if config.max_entries <= 0:
-            self._store_reads += 1
-            return await self._load(token_id)
+            return check(cached[0], token, permission, self._clock().timestamp(), self._hasher)
         absent_until = self._absent.get(token_id)
         if absent_until is not None:
             if self._monotonic() < absent_until:
                 self._negative_hits += 1
-                return None
+                return UNKNOWN
             del self._absent[token_id]
-        pending = self._inflight.get(token_id)
-        if pending is not None:
-            self._coalesced += 1
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ValidationEntry | None] = asyncio.get_running_loop().create_future()
-        self._inflight[token_id] = future
-        epoch = self._epoch
-        try:
+        return None
+
+    async def validate(self, value: str, permission: str) -> Verdict:
+        """The verdict on a presented token value for `permission` ("" = alive only)."""
+        verdict = self.validate_now(value, permission)
+        if verdict is not None:
+            return verdict
+        token = parse_token(value)
+        assert token is not None  # validate_now refused malformed values
+        entry = await self._miss(token.token_id)
+        return check(entry, token, permission, self._clock().timestamp(), self._hasher)
+
+    async def _miss(self, token_id: str) -> ValidationEntry | None:
+        self._misses += 1
+        if self._config.max_entries <= 0:
             self._store_reads += 1
+            return await self._load(token_id)
+        pending = self._inflight.get(token_id)
+        if pending is None:
+            # The read is a task of its own: a caller that is cancelled (deadline, hang-up)
+            # stops waiting for it without cancelling it for the others.
+            self._store_reads += 1
+            pending = asyncio.ensure_future(self._read(token_id, self._epoch))
+            pending.add_done_callback(_retrieve)
+            self._inflight[token_id] = pending
+        else:
+            self._coalesced += 1
+        return await asyncio.shield(pending)
+
+    async def _read(self, token_id: str, epoch: int) -> ValidationEntry | None:
+        try:
             entry = await self._load(token_id)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters re-raise it; nobody else must log it
-            raise
         finally:
-            if self._inflight.get(token_id) is future:
+            if self._inflight.get(token_id) is asyncio.current_task():
                 del self._inflight[token_id]
         if epoch == self._epoch:
             self._remember(token_id, entry)
-        future.set_result(entry)
         return entry
 
     def _remember(self, token_id: str, entry: ValidationEntry | None) -> None:
         config = self._config
         now = self._monotonic()
         if entry is None:
+            self._entries.pop(token_id, None)
             if config.negative_entries > 0:
                 self._absent[token_id] = now + config.negative_ttl
                 if len(self._absent) > config.negative_entries:
@@ -171,3 +174,9 @@ class Validator:
             invalidations=self._invalidations,
             max_entries=self._config.max_entries,
         )
+
+
+def _retrieve(task: asyncio.Future[ValidationEntry | None]) -> None:
+    """Mark a failed read's exception as seen: its waiters re-raise it, nobody else must."""
+    if not task.cancelled():
+        task.exception()

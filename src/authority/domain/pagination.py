@@ -19,6 +19,9 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+_MAX_POSITION = 2**63 - 1
+
+
 def encode(query: list[object], position: int | str) -> str:
     """A token that resumes `query` after `position`."""
     raw = json.dumps([query, position], separators=(",", ":")).encode()
@@ -34,8 +37,12 @@ def decode(token: str, query: list[object]) -> int | str | None:
         stored_query, position = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as error:
         raise InvalidArgument("page_token", "is not a page token from this service") from error
-    if stored_query != query or not isinstance(position, int | str):
+    if stored_query != query:
         raise InvalidArgument(
             "page_token", "belongs to a different query: keep the other fields unchanged"
         )
+    if isinstance(position, bool) or not isinstance(position, int | str):
+        raise InvalidArgument("page_token", "is not a page token from this service")
+    if isinstance(position, int) and not 0 <= position <= _MAX_POSITION:
+        raise InvalidArgument("page_token", "is not a page token from this service")
     return position

@@ -175,10 +175,8 @@ class AuthorityService:
         label = command.label.strip()
         if not label:
             raise InvalidArgument("label", "is required (a short name such as ci-uploader)")
-        if len(label) > MAX_LABEL:
-            raise InvalidArgument("label", f"at most {MAX_LABEL} characters")
-        if len(command.description) > MAX_DESCRIPTION:
-            raise InvalidArgument("description", f"at most {MAX_DESCRIPTION} characters")
+        _check_text("label", label, MAX_LABEL)
+        _check_text("description", command.description, MAX_DESCRIPTION, multiline=True)
         subject = command.subject and check_principal_name(command.subject, "subject")
         scopes = parse_scopes(command.scopes, command.scope_profile)
         properties = _check_properties(command.properties or {})
@@ -264,8 +262,7 @@ class AuthorityService:
     def create_organization(self, caller: Caller, name: str, display_name: str) -> Organization:
         """Global administrators create organisations."""
         check_organization_name(name, "name")
-        if len(display_name) > MAX_LABEL:
-            raise InvalidArgument("display_name", f"at most {MAX_LABEL} characters")
+        _check_text("display_name", display_name, MAX_LABEL)
         with self._store.transaction() as tx:
             self._require_global_admin(tx, caller, "create organisations")
             if tx.get_organization(name) is not None:
@@ -420,6 +417,15 @@ def _expiry(now: datetime, expires_at: datetime | None, ttl: timedelta | None) -
     return None
 
 
+def _check_text(field: str, value: str, limit: int, multiline: bool = False) -> None:
+    """Length and no control characters (a NUL byte would not even store on PostgreSQL)."""
+    if len(value) > limit:
+        raise InvalidArgument(field, f"at most {limit} characters")
+    allowed = "\n\t" if multiline else ""
+    if any((ord(char) < 32 and char not in allowed) or char == "\x7f" for char in value):
+        raise InvalidArgument(field, "must not contain control characters")
+
+
 def _check_properties(properties: Mapping[str, str]) -> dict[str, str]:
     if len(properties) > MAX_PROPERTIES:
         raise InvalidArgument("properties", f"at most {MAX_PROPERTIES} entries")
@@ -433,4 +439,6 @@ def _check_properties(properties: Mapping[str, str]) -> dict[str, str]:
             raise InvalidArgument(
                 "properties", f"value of {key!r}: at most {MAX_PROPERTY_VALUE} characters"
             )
+        if "\x00" in value:
+            raise InvalidArgument("properties", f"value of {key!r} must not contain NUL")
     return dict(properties)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from authority.domain.models import TokenRecord
@@ -37,9 +37,14 @@ class ValidationEntry:
     expires_at: datetime | None
     expires_ts: float
     revoked: bool
+    # Answers already rendered (serialized) by the api layer, by reason. They live and die
+    # with the entry, so an invalidated token can never be answered from a stale one.
+    rendered: dict[Reason, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_record(cls, record: TokenRecord) -> ValidationEntry:
+    def from_record(
+        cls, record: TokenRecord, matcher: PermissionMatcher | None = None
+    ) -> ValidationEntry:
         """Compile a stored record into the form the hot path reads."""
         return cls(
             token_id=record.token_id,
@@ -47,7 +52,48 @@ class ValidationEntry:
             organization=record.organization or "",
             subject=record.subject or "",
             scopes=record.scopes,
-            matcher=PermissionMatcher.compile(record.scopes),
+            matcher=matcher or PermissionMatcher.compile(record.scopes),
+            expires_at=record.expires_at,
+            expires_ts=record.expires_at.timestamp() if record.expires_at else math.inf,
+            revoked=record.revoked_at is not None,
+        )
+
+
+class EntryCompiler:
+    """Builds cache entries that share what many tokens have in common.
+
+    Most tokens carry one of a few scope sets and belong to a few organisations; sharing one
+    matcher, scopes tuple and organisation string among them keeps 100,000 cached entries
+    small. Bounded: past `max_shapes` distinct values it simply stops sharing new ones.
+    """
+
+    def __init__(self, max_shapes: int = 10_000) -> None:
+        self._max_shapes = max_shapes
+        self._matchers: dict[tuple[str, ...], tuple[tuple[str, ...], PermissionMatcher]] = {}
+        self._strings: dict[str, str] = {}
+
+    def _share(self, value: str) -> str:
+        shared = self._strings.get(value)
+        if shared is None:
+            if len(self._strings) >= self._max_shapes:
+                return value
+            shared = self._strings[value] = value
+        return shared
+
+    def __call__(self, record: TokenRecord) -> ValidationEntry:
+        shape = self._matchers.get(record.scopes)
+        if shape is None:
+            shape = (record.scopes, PermissionMatcher.compile(record.scopes))
+            if len(self._matchers) < self._max_shapes:
+                self._matchers[record.scopes] = shape
+        scopes, matcher = shape
+        return ValidationEntry(
+            token_id=record.token_id,
+            secret_hash=record.secret_hash,
+            organization=self._share(record.organization or ""),
+            subject=self._share(record.subject or ""),
+            scopes=scopes,
+            matcher=matcher,
             expires_at=record.expires_at,
             expires_ts=record.expires_at.timestamp() if record.expires_at else math.inf,
             revoked=record.revoked_at is not None,
@@ -88,7 +134,8 @@ def check(
         return Verdict(Reason.REVOKED, entry)
     if now_ts >= entry.expires_ts:
         return Verdict(Reason.EXPIRED, entry)
-    if permission and not entry.matcher.allows(permission):
+    # Fast path: a stored exact scope is a valid permission by construction.
+    if permission and permission not in entry.matcher.exact:
         normalized = normalize(permission)
         if not is_permission(normalized):
             return Verdict(Reason.INVALID_PERMISSION, entry)

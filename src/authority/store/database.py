@@ -27,25 +27,27 @@ def normalize_url(url: str) -> str:
 
 
 def create_engines(url: str, pool_size: int) -> tuple[Engine, Engine]:
-    """(writer, reader). They are one engine except on SQLite.
+    """(writer, reader).
 
     On SQLite a transaction that reads and then writes can fail with `database is locked`
     without waiting, so writers start with BEGIN IMMEDIATE (serialised, waiting on
-    busy_timeout) while readers keep a deferred BEGIN and never block a writer under WAL.
+    busy_timeout). The reader runs in autocommit on every backend: the Validate read is one
+    SELECT, consistent on its own, and holds no transaction (no snapshot, no lock) between
+    calls; under WAL it never blocks a writer.
     """
     url = normalize_url(url)
     if not is_sqlite(url):
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-        return engine, engine
+        return engine, engine.execution_options(isolation_level="AUTOCOMMIT")
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     writer = _sqlite_engine(url, pool_size, "BEGIN IMMEDIATE")
-    reader = _sqlite_engine(url, pool_size, "BEGIN")
+    reader = _sqlite_engine(url, pool_size, None)
     return writer, reader
 
 
-def _sqlite_engine(url: str, pool_size: int, begin: str) -> Engine:
+def _sqlite_engine(url: str, pool_size: int, begin: str | None) -> Engine:
     engine = create_engine(
         url,
         pool_size=pool_size,
@@ -62,9 +64,11 @@ def _sqlite_engine(url: str, pool_size: int, begin: str) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
 
     return engine
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Engine, bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from authority.domain.errors import AlreadyExists
@@ -212,11 +213,18 @@ class SqlTransaction:
 
 
 class SqlStore:
-    """Implements domain.ports.Store. Thread-safe: every call checks out its own connection."""
+    """Implements domain.ports.Store. Thread-safe.
+
+    Management transactions take a pooled connection each. The Validate read keeps one
+    autocommit connection per worker thread: a pool checkout would cost more than the query.
+    """
 
     def __init__(self, writer: Engine, reader: Engine) -> None:
         self._sessions = sessionmaker(writer, expire_on_commit=False)
         self._reader = reader
+        self._local = threading.local()
+        self._held: list[Connection] = []
+        self._held_lock = threading.Lock()
         self.writer = writer
 
     @contextmanager
@@ -229,11 +237,27 @@ class SqlStore:
                 # Two callers raced for the same unique name: the loser hears it plainly.
                 raise AlreadyExists("it already exists (created concurrently)") from error
 
+    def _read_connection(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._reader.connect()
+            self._local.connection = connection
+            with self._held_lock:
+                self._held.append(connection)
+        return connection
+
     def get_token(self, token_id: str) -> TokenRecord | None:
-        """The Validate read path: one indexed lookup on the reader engine."""
-        with self._reader.connect() as connection:
-            row = connection.execute(_GET_TOKEN, {"token_id": token_id}).first()
-            connection.rollback()
+        """The Validate read path: one indexed lookup on this thread's reader connection."""
+        parameters = {"token_id": token_id}
+        try:
+            connection = self._read_connection()
+            row = connection.execute(_GET_TOKEN, parameters).first()
+        except DBAPIError:
+            # The held connection may have died (database restart): one retry on a new one.
+            self._local.connection = None
+            connection = self._read_connection()
+            row = connection.execute(_GET_TOKEN, parameters).first()
+        # No commit: the reader is in autocommit, so no transaction stays open between reads.
         if row is None:
             return None
         (
@@ -266,5 +290,9 @@ class SqlStore:
         )
 
     def dispose(self) -> None:
+        with self._held_lock:
+            for connection in self._held:
+                connection.close()
+            self._held.clear()
         self.writer.dispose()
         self._reader.dispose()

@@ -1,0 +1,1 @@
+"""`make bench`: load the real server from separate processes and report ratios to a baseline."""

@@ -1,0 +1,489 @@
+"""`make bench`: every figure is a ratio to an empty RPC (Ping) on the same server, same run.
+
+For each store size it starts the real server (`python -m authority serve`) in its own
+process, loads it from separate client processes (bench/load.py) and prints a table. Seeded
+databases are kept under bench/results/ and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import psycopg
+from sqlalchemy.engine import make_url
+
+from authority.v1 import token_authority_pb2 as pb
+from authority.v1 import token_authority_pb2_grpc
+from bench.seed import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+POSTGRES = os.environ.get("AUTHORITY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+LIVE_TOKENS = 1000
+SERVICE = "/authority.v1.TokenAuthority"
+
+
+@dataclass
+class Database:
+    url: str
+    tokens: list[str]
+    pepper_hex: str
+
+
+@dataclass
+class Result:
+    scenario: str
+    store: str
+    size: int
+    unit: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu: float
+    client_cpu: float
+    ratio: float = 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _prepared(kind: str, size: int, live: int = LIVE_TOKENS) -> Database:
+    """A seeded database, reused across runs (its tokens and pepper kept beside it)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = RESULTS / f"{kind}-{size}-{live}.json"
+    if kind == "sqlite":
+        url = f"sqlite:///{RESULTS / f'{kind}-{size}-{live}.db'}"
+    else:
+        url = (
+            make_url(POSTGRES)
+            .set(database=f"authority_bench_{size}_{live}")
+            .render_as_string(hide_password=False)
+        )
+    if meta.exists() and _database_exists(kind, url):
+        saved = json.loads(meta.read_text())
+        return Database(url, saved["tokens"], saved["pepper_hex"])
+    _drop(kind, url)
+    pepper_hex = secrets.token_hex(32)
+    print(f"  seeding {kind} with {size:,} tokens ...", flush=True)
+    started = time.perf_counter()
+    tokens = seed(url, size, live, bytes.fromhex(pepper_hex))
+    print(f"  seeded in {time.perf_counter() - started:.1f} s", flush=True)
+    meta.write_text(json.dumps({"tokens": tokens, "pepper_hex": pepper_hex}))
+    return Database(url, tokens, pepper_hex)
+
+
+def _database_exists(kind: str, url: str) -> bool:
+    database = make_url(url).database or ""
+    if kind == "sqlite":
+        return Path(database).exists()
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        row = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        return row.fetchone() is not None
+
+
+def _drop(kind: str, url: str) -> None:
+    database = make_url(url).database or ""
+    if kind == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(database + suffix).unlink(missing_ok=True)
+        return
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{database}"')
+
+
+@contextmanager
+def _server(database: Database, cache_entries: int) -> Iterator[tuple[str, psutil.Process]]:
+    port = _free_port()
+    env = dict(
+        os.environ,
+        AUTHORITY_DATABASE_URL=database.url,
+        AUTHORITY_PEPPER_HEX=database.pepper_hex,
+        AUTHORITY_CACHE_MAX_ENTRIES=str(cache_entries),
+        AUTHORITY_LOG_LEVEL="WARNING",
+        AUTHORITY_VALIDATE_BATCH_MAX="1000",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authority", "serve", "--listen", f"127.0.0.1:{port}"], env=env
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        channel = grpc.insecure_channel(target)
+        grpc.channel_ready_future(channel).result(timeout=60)
+        channel.close()
+        yield target, psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _encode(messages: Sequence[bytes]) -> list[str]:
+    return [base64.b64encode(item).decode() for item in messages]
+
+
+def _load(
+    target: str,
+    server: psutil.Process,
+    method: str,
+    payloads: Sequence[bytes],
+    args: argparse.Namespace,
+    mode: str = "unary",
+    concurrency: int | None = None,
+) -> tuple[list[float], float, float, float]:
+    """Run the client processes; (latencies, measured seconds, server CPU, client CPU)."""
+    spec = {
+        "target": target,
+        "method": method,
+        "mode": mode,
+        "payloads": _encode(payloads),
+        "concurrency": concurrency or args.concurrency,
+        "window": args.window,
+        "warmup": args.warmup,
+        "duration": args.duration,
+    }
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.load"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(args.clients)
+    ]
+    for client in clients:
+        assert client.stdin is not None
+        client.stdin.write(json.dumps(spec))
+        client.stdin.close()
+    time.sleep(args.warmup + 0.3)  # let the clients connect and warm up
+    cpu_before = sum(server.cpu_times()[:2])
+    window_started = time.perf_counter()
+    time.sleep(args.duration - 0.6)
+    server_cpu = (sum(server.cpu_times()[:2]) - cpu_before) / (time.perf_counter() - window_started)
+    latencies: list[float] = []
+    client_cpu = 0.0
+    for client in clients:
+        assert client.stdout is not None
+        report = json.loads(client.stdout.read())
+        if client.wait(timeout=120) != 0:
+            raise SystemExit("a load generator failed")
+        latencies.extend(report["latencies"])
+        client_cpu += report["cpu"] / report["wall"]
+    return latencies, args.duration, server_cpu, client_cpu
+
+
+@dataclass
+class Scenario:
+    name: str
+    store: str
+    unit: str
+    per_call: int
+    method: str
+    payloads: list[bytes]
+    mode: str = "unary"
+    concurrency: int | None = None
+
+
+@dataclass
+class Sample:
+    rate: float
+    latencies: list[float]
+    server_cpu: float
+    client_cpu: float
+
+
+def _measure(
+    target: str, server: psutil.Process, scenario: Scenario, args: argparse.Namespace
+) -> Sample:
+    latencies, seconds, server_cpu, client_cpu = _load(
+        target,
+        server,
+        scenario.method,
+        scenario.payloads,
+        args,
+        mode=scenario.mode,
+        concurrency=scenario.concurrency,
+    )
+    return Sample(len(latencies) * scenario.per_call / seconds, latencies, server_cpu, client_cpu)
+
+
+def _summarise(scenario: Scenario, size: int, samples: list[Sample], ratios: list[float]) -> Result:
+    ordered = sorted(latency for sample in samples for latency in sample.latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+    return Result(
+        scenario=scenario.name,
+        store=scenario.store,
+        size=size,
+        unit=scenario.unit,
+        rate=statistics.median(sample.rate for sample in samples),
+        p50_ms=(statistics.median(ordered) if ordered else 0.0) * 1000,
+        p99_ms=p99 * 1000,
+        server_cpu=statistics.median(sample.server_cpu for sample in samples),
+        client_cpu=statistics.median(sample.client_cpu for sample in samples),
+        ratio=statistics.median(ratios),
+    )
+
+
+def _compare(
+    target: str,
+    server: psutil.Process,
+    baseline: Scenario,
+    scenarios: list[Scenario],
+    size: int,
+    args: argparse.Namespace,
+) -> list[Result]:
+    """Alternate baseline and scenarios for several rounds; each ratio is taken against the
+    baseline of its own round, and the median over rounds is reported. Two cores are shared
+    by server and clients, so neighbouring measurements are what make a ratio honest."""
+    base_samples: list[Sample] = []
+    samples: dict[str, list[Sample]] = {scenario.name: [] for scenario in scenarios}
+    ratios: dict[str, list[float]] = {scenario.name: [] for scenario in scenarios}
+    for _ in range(args.rounds):
+        base = _measure(target, server, baseline, args)
+        base_samples.append(base)
+        for scenario in scenarios:
+            sample = _measure(target, server, scenario, args)
+            samples[scenario.name].append(sample)
+            ratios[scenario.name].append(sample.rate / base.rate)
+    results = [_summarise(baseline, size, base_samples, [1.0] * len(base_samples))]
+    for scenario in scenarios:
+        results.append(_summarise(scenario, size, samples[scenario.name], ratios[scenario.name]))
+    return results
+
+
+def _check(target: str, request: pb.ValidateRequest) -> None:
+    """Refuse to measure a misconfigured run: the prebuilt token must validate."""
+    with grpc.insecure_channel(target) as channel:
+        answer = token_authority_pb2_grpc.TokenAuthorityStub(channel).Validate(request)
+    if not answer.valid:
+        raise SystemExit(f"bench token did not validate: {pb.Reason.Name(answer.reason)}")
+
+
+def _validate_payloads(tokens: Sequence[str]) -> list[bytes]:
+    return [
+        pb.ValidateRequest(token=token, permission="download").SerializeToString()
+        for token in tokens
+    ]
+
+
+def _ping(tokens: Sequence[str], label: str) -> Scenario:
+    # Ping carries as many bytes as a Validate request.
+    payloads = [pb.PingRequest(payload=token + "download").SerializeToString() for token in tokens]
+    return Scenario(f"Ping (empty RPC){label}", "-", "calls", 1, f"{SERVICE}/Ping", payloads)
+
+
+def run_size(size: int, args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    sqlite = _prepared("sqlite", size)
+    unary = _validate_payloads(sqlite.tokens)
+    batch = [
+        pb.ValidateBatchRequest(
+            requests=[
+                pb.ValidateRequest(token=t, permission="download")
+                for t in sqlite.tokens[i : i + 100]
+            ]
+        ).SerializeToString()
+        for i in range(0, len(sqlite.tokens), 100)
+    ]
+    with _server(sqlite, 100_000) as (target, server):
+        _check(target, pb.ValidateRequest(token=sqlite.tokens[0], permission="download"))
+        results += _compare(
+            target,
+            server,
+            _ping(sqlite.tokens, ", baseline"),
+            [
+                Scenario("Validate, cache hit", "sqlite", "calls", 1, f"{SERVICE}/Validate", unary),
+                Scenario(
+                    "ValidateBatch of 100",
+                    "sqlite",
+                    "tokens",
+                    100,
+                    f"{SERVICE}/ValidateBatch",
+                    batch,
+                    concurrency=4,
+                ),
+                Scenario(
+                    "ValidateStream",
+                    "sqlite",
+                    "msgs",
+                    1,
+                    f"{SERVICE}/ValidateStream",
+                    unary,
+                    mode="stream",
+                    concurrency=2,
+                ),
+            ],
+            size,
+            args,
+        )
+    with _server(sqlite, 0) as (target, server):
+        _check(target, pb.ValidateRequest(token=sqlite.tokens[0], permission="download"))
+        results += _compare(
+            target,
+            server,
+            _ping(sqlite.tokens, ", cache-off server"),
+            [Scenario("Validate, cache off", "sqlite", "calls", 1, f"{SERVICE}/Validate", unary)],
+            size,
+            args,
+        )
+    if not args.no_postgres:
+        postgres = _prepared("postgres", size)
+        with _server(postgres, 0) as (target, server):
+            _check(target, pb.ValidateRequest(token=postgres.tokens[0], permission="download"))
+            results += _compare(
+                target,
+                server,
+                _ping(postgres.tokens, ", PostgreSQL server"),
+                [
+                    Scenario(
+                        "Validate, cache off",
+                        "postgres",
+                        "calls",
+                        1,
+                        f"{SERVICE}/Validate",
+                        _validate_payloads(postgres.tokens),
+                    )
+                ],
+                size,
+                args,
+            )
+    return results
+
+
+def measure_rss(entries: int) -> tuple[float, float, float]:
+    """Server RSS (MB) before and after caching `entries` tokens, and MB per 100k entries."""
+    database = _prepared("sqlite", entries, live=entries)
+    batches = [
+        pb.ValidateBatchRequest(
+            requests=[pb.ValidateRequest(token=t) for t in database.tokens[i : i + 1000]]
+        )
+        for i in range(0, len(database.tokens), 1000)
+    ]
+    with _server(database, entries) as (target, server), grpc.insecure_channel(target) as channel:
+        stub = token_authority_pb2_grpc.TokenAuthorityStub(channel)
+        stub.Validate(pb.ValidateRequest(token=database.tokens[0]))
+        before = server.memory_info().rss / 2**20
+        for request in batches:
+            answers = stub.ValidateBatch(request)
+            assert all(answer.valid for answer in answers.results)
+        after = server.memory_info().rss / 2**20
+    return before, after, (after - before) * 100_000 / entries
+
+
+def _table(results: list[Result]) -> str:
+    header = (
+        "| scenario | store | stored tokens | rate | ratio to Ping | p50 ms | p99 ms "
+        "| server CPU | client CPU |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    for r in results:
+        lines.append(
+            f"| {r.scenario} | {r.store} | {r.size:,} | {r.rate:,.0f} {r.unit}/s | {r.ratio:.2f}x "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | {r.client_cpu:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def _targets(results: list[Result], rss_mb: float) -> str:
+    """The issue's targets, each with the measured figure and whether it is met."""
+
+    def find(name: str, store: str, size: int) -> Result | None:
+        return next(
+            (r for r in results if r.scenario == name and r.store == store and r.size == size),
+            None,
+        )
+
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(label: str, value: float, goal: float, unit: str = "x", below: bool = False) -> None:
+        met = value <= goal if below else value >= goal
+        lines.append(f"| {label} | {value:.2f}{unit} | {'yes' if met else 'NO'} |")
+
+    sizes = sorted({r.size for r in results})
+    for size in sizes:
+        hit = find("Validate, cache hit", "sqlite", size)
+        batch = find("ValidateBatch of 100", "sqlite", size)
+        stream = find("ValidateStream", "sqlite", size)
+        off = find("Validate, cache off", "sqlite", size)
+        if hit:
+            add(f"cache-hit Validate / Ping >= 0.90 ({size:,} stored)", hit.ratio, 0.90)
+        if hit and batch:
+            add(f"Batch-100 tokens/s / unary Validate >= 30 ({size:,})", batch.rate / hit.rate, 30)
+        if hit and stream:
+            add(f"Stream msgs/s / unary Validate >= 2 ({size:,})", stream.rate / hit.rate, 2)
+        if off:
+            add(f"cache-off Validate (SQLite) / Ping >= 0.40 ({size:,})", off.ratio, 0.40)
+    if len(sizes) > 1:
+        small, large = sizes[0], sizes[-1]
+        for r in results:
+            if r.size != large or r.scenario.startswith("Ping"):
+                continue
+            other = find(r.scenario, r.store, small)
+            if other:
+                add(
+                    f"{r.scenario} ({r.store}) ratio at {large:,} vs {small:,}: within 10%",
+                    abs(r.ratio / other.ratio - 1) * 100,
+                    10,
+                    unit="%",
+                    below=True,
+                )
+    add("server RSS with 100,000 cached entries < 300 MB", rss_mb, 300, unit=" MB", below=True)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--sizes", default="10000,1000000", help="stored tokens, comma-separated")
+    parser.add_argument("--duration", type=float, default=2.5, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=0.7)
+    parser.add_argument("--rounds", type=int, default=3, help="baseline/scenario alternations")
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per client")
+    parser.add_argument("--window", type=int, default=64, help="messages in flight per stream")
+    parser.add_argument("--rss-entries", type=int, default=100_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"Token Authority benchmark: {os.cpu_count()} cores, {args.clients} client processes",
+        flush=True,
+    )
+    results: list[Result] = []
+    for size in (int(item) for item in args.sizes.split(",")):
+        print(f"- {size:,} stored tokens", flush=True)
+        results.extend(run_size(size, args))
+    table = _table(results)
+    before, after, per_100k = measure_rss(args.rss_entries)
+    targets = _targets(results, before + per_100k)
+    rss = (
+        f"Server RSS: {before:.0f} MB at start, {after:.0f} MB with {args.rss_entries:,} "
+        f"cached entries ({per_100k:.0f} MB per 100,000 entries)."
+    )
+    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
+    when = time.strftime("%Y-%m-%d")
+    report = f"{table}\n\n{rss}\n\n{targets}\n\nProduced by `{command}` on {when}.\n"
+    print()
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.md").write_text(report)
+
+
+if __name__ == "__main__":
+    main()

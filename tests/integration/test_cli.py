@@ -1,0 +1,192 @@
+"""The `authority` command as an operator runs it: real subprocesses on a SQLite file in tmp."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from authority.client import TokenAuthorityClient
+from authority.domain.token_format import SCANNER_REGEX
+from tests.harness import serve
+
+BIN = Path(sys.executable).parent
+AUTHORITY = BIN / "authority"
+TOKEN_RE = re.compile(SCANNER_REGEX)
+
+
+def _environment(directory: Path, **extra: str) -> dict[str, str]:
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("AUTHORITY_")
+    }
+    environment["AUTHORITY_DATABASE_URL"] = _database_url(directory)
+    environment["AUTHORITY_PEPPER_FILE"] = str(directory / "pepper")
+    environment.update(extra)
+    return environment
+
+
+def _database_url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'authority.db'}"
+
+
+def authority(directory: Path, *arguments: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AUTHORITY), *arguments],
+        env=_environment(directory, **extra),
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _pepper_hex(directory: Path) -> str:
+    return (directory / "pepper").read_text().strip()
+
+
+def test_bootstrap_prints_the_token_once_alone_on_its_last_line_and_it_validates(
+    tmp_path: Path,
+) -> None:
+    completed = authority(tmp_path, "bootstrap")
+
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    token = lines[-1]
+    assert TOKEN_RE.fullmatch(token), lines
+    assert completed.stdout.count(token) == 1 and token not in completed.stderr
+    assert all(TOKEN_RE.search(line) is None for line in lines[:-1])
+    # The pepper was created for this deployment, readable by its owner only.
+    assert stat.S_IMODE((tmp_path / "pepper").stat().st_mode) == 0o600
+    with (
+        serve(_database_url(tmp_path), pepper_hex=_pepper_hex(tmp_path)) as server,
+        TokenAuthorityClient(server.address, token=token) as client,
+    ):
+        result = client.validate(token, "authority.v1.Admin.CreateOrganization")
+        organization = client.create_organization("first-org")
+    assert (result.valid, result.subject, result.organization, result.scopes) == (
+        True,
+        "admin",
+        "",
+        ("*",),
+    )
+    assert organization.name == "first-org"
+
+
+def test_bootstrap_quiet_prints_only_the_token(tmp_path: Path) -> None:
+    completed = authority(tmp_path, "bootstrap", "--quiet", "--name", "root")
+
+    assert completed.returncode == 0, completed.stderr
+    assert TOKEN_RE.fullmatch(completed.stdout.removesuffix("\n"))
+
+
+def test_second_bootstrap_refuses_clearly_and_prints_no_token(tmp_path: Path) -> None:
+    first = authority(tmp_path, "bootstrap")
+    again = authority(tmp_path, "bootstrap")
+    other_name = authority(tmp_path, "bootstrap", "--name", "mallory")
+
+    assert first.returncode == 0, first.stderr
+    for refused in (again, other_name):
+        assert refused.returncode != 0
+        assert "global administrator already exists" in refused.stderr
+        assert TOKEN_RE.search(refused.stdout + refused.stderr) is None
+        assert "Traceback" not in refused.stderr
+    # The first administrator's token still works.
+    token = first.stdout.splitlines()[-1]
+    with (
+        serve(_database_url(tmp_path), pepper_hex=_pepper_hex(tmp_path)) as server,
+        TokenAuthorityClient(server.address) as client,
+    ):
+        assert client.validate(token).valid
+
+
+def test_migrate_is_idempotent_and_keeps_the_data(tmp_path: Path) -> None:
+    first = authority(tmp_path, "migrate")
+    bootstrap = authority(tmp_path, "bootstrap", "--quiet")
+    second = authority(tmp_path, "migrate")
+
+    for completed in (first, bootstrap, second):
+        assert completed.returncode == 0, completed.stderr
+    assert "newest schema" in first.stdout and first.stdout == second.stdout
+    with sqlite3.connect(tmp_path / "authority.db") as database:
+        versions = database.execute("SELECT version_num FROM alembic_version").fetchall()
+        principals = database.execute("SELECT name FROM principals").fetchall()
+    assert len(versions) == 1
+    assert principals == [("admin",)]
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    ["nosuchdriver://db.example/authority", "postgresql://postgres@127.0.0.1:1/authority"],
+    ids=["unknown-driver", "database-down"],
+)
+def test_an_unusable_database_url_fails_with_a_one_line_message_not_a_traceback(
+    tmp_path: Path, database_url: str
+) -> None:
+    completed = authority(tmp_path, "migrate", AUTHORITY_DATABASE_URL=database_url)
+
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr, completed.stderr
+    assert completed.stderr.startswith("authority: "), completed.stderr
+
+
+def test_hint_prints_grpcurl_commands_that_work_when_pasted(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    bootstrap = authority(tmp_path, "bootstrap", "--quiet")
+    assert bootstrap.returncode == 0, bootstrap.stderr
+    token_file.write_text(bootstrap.stdout)
+
+    with serve(_database_url(tmp_path), pepper_hex=_pepper_hex(tmp_path)) as server:
+        hint = authority(
+            tmp_path, "hint", "--listen", server.address, "--token-file", str(token_file)
+        )
+        assert hint.returncode == 0, hint.stderr
+        commands = _pasteable_commands(hint.stdout)
+        assert f"grpcurl -plaintext {server.address} list" in commands
+        # Pasted into a shell with .venv/bin on PATH, as the hint says.
+        environment = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        outputs = [
+            subprocess.run(
+                ["bash", "-c", command],
+                env=environment,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            for command in commands
+        ]
+        with TokenAuthorityClient(server.address, token=bootstrap.stdout.strip()) as client:
+            listed = list(client.list_tokens("acme"))
+
+    for command, output in zip(commands, outputs, strict=True):
+        assert output.returncode == 0, f"{command}\n{output.stderr}"
+    assert len(commands) >= 3
+    assert '"secret": "tka_' in outputs[-1].stdout
+    assert [token.scopes for token in listed] == [("download",)]
+
+
+def test_hint_defaults_to_the_configured_listen_address(tmp_path: Path) -> None:
+    completed = authority(tmp_path, "hint", AUTHORITY_LISTEN="127.0.0.1:6123")
+
+    assert completed.returncode == 0, completed.stderr
+    assert "grpcurl -plaintext 127.0.0.1:6123 list" in completed.stdout
+
+
+def _pasteable_commands(text: str) -> list[str]:
+    """The grpcurl commands in a hint, continuation lines (`\\`) joined."""
+    commands: list[str] = []
+    lines = iter(text.splitlines())
+    for line in lines:
+        if not line.strip().startswith("grpcurl "):
+            continue
+        command = line.strip()
+        while command.endswith("\\"):
+            command = command[:-1] + next(lines).strip()
+        commands.append(command)
+    return commands
