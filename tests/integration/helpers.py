@@ -252,3 +252,44 @@ def management_calls(organization: str, token_id: str) -> list[tuple[str, str, A
 def rpc_of(server: ServerHandle, stub: str, method: str) -> Callable[..., Any]:
     rpc: Callable[..., Any] = getattr(getattr(server, stub), method)
     return rpc
+
+
+# -- Validate cache counters -----------------------------------------------------------------
+
+# The CacheStats fields that count events (the others are sizes and settings).
+CACHE_COUNTERS = (
+    "hits",
+    "misses",
+    "evictions",
+    "negative_hits",
+    "coalesced",
+    "store_reads",
+    "invalidations",
+)
+
+
+def cache_stats(server: ServerHandle, admin_token: str) -> admin_pb2.CacheStats:
+    """GetCacheStats of one server process, asked by a global administrator."""
+    stats: admin_pb2.CacheStats = server.admin.GetCacheStats(
+        admin_pb2.GetCacheStatsRequest(), metadata=bearer(admin_token)
+    )
+    return stats
+
+
+def cache_activity(before: admin_pb2.CacheStats, after: admin_pb2.CacheStats) -> dict[str, int]:
+    """What the cache counted between two `cache_stats` snapshots of one server.
+
+    GetCacheStats authenticates its bearer through the same cache: the second snapshot's own
+    lookup is a hit (the first snapshot cached the bearer) and is taken off, so what is left
+    is what the calls made in between did.
+    """
+    activity = {name: getattr(after, name) - getattr(before, name) for name in CACHE_COUNTERS}
+    activity["hits"] -= 1
+    return activity
+
+
+def counted(**counters: int) -> dict[str, int]:
+    """The `cache_activity` expected: the counters named, every other one zero."""
+    unknown = set(counters) - set(CACHE_COUNTERS)
+    assert not unknown, f"not cache counters: {unknown}"
+    return {name: counters.get(name, 0) for name in CACHE_COUNTERS}

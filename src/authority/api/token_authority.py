@@ -73,7 +73,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             )
         validator = self.runtime.validator
         items = request.requests
-        verdicts = [validator.validate_now(item.token, item.permission) for item in items]
+        verdicts = validator.validate_many(items)
         misses = [index for index, verdict in enumerate(verdicts) if verdict is None]
         if misses:
             # Store reads for the misses run concurrently (and coalesce per id).

@@ -104,11 +104,14 @@ class SecretHasher:
     def __init__(self, pepper: bytes) -> None:
         if len(pepper) < 32:
             raise ValueError("the pepper must hold at least 32 bytes")
-        self._pepper = pepper
+        # Keyed once; copying the keyed state is cheaper than keying HMAC on every call.
+        self._keyed = hmac.new(pepper, digestmod=hashlib.sha256)
 
     def hash(self, token: ParsedToken) -> bytes:
-        """The keyed hash stored in place of the token value."""
-        return hmac.digest(self._pepper, token.value.encode("ascii"), hashlib.sha256)
+        """The keyed hash stored in place of the token value (HMAC-SHA256)."""
+        mac = self._keyed.copy()
+        mac.update(token.value.encode("ascii"))
+        return mac.digest()
 
     def matches(self, token: ParsedToken, secret_hash: bytes) -> bool:
         """Constant-time comparison of the presented token with the stored hash."""
