@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PREFIX = "tka_"
 ID_LENGTH = 16
@@ -26,19 +26,19 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # For secret scanners and for the README; the parser below uses the same shape.
 SCANNER_REGEX = r"\btka_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b"
 
-_TOKEN_RE = re.compile(
-    rf"tka_[0-9A-Za-z]{{{ID_LENGTH}}}_[0-9A-Za-z]{{{SECRET_LENGTH}}}[0-9A-Za-z]{{{CHECKSUM_LENGTH}}}"
-)
 _ID_START = len(PREFIX)
 _ID_END = _ID_START + ID_LENGTH
+_SECRET_START = _ID_END + 1
 _BODY_LENGTH = TOKEN_LENGTH - CHECKSUM_LENGTH
 _TOKEN_ID_RE = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
 _SECRET_BYTES = 32
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedToken:
-    """A token value that passed the format and checksum checks (not yet authenticated)."""
+class ParsedToken(NamedTuple):
+    """A token value that passed the format and checksum checks (not yet authenticated).
+
+    A NamedTuple rather than a frozen dataclass: one is built per Validate, and it is cheaper.
+    """
 
     token_id: str
     value: str
@@ -78,15 +78,19 @@ def new_token(token_id: str | None = None) -> ParsedToken:
 
 def parse_token(value: str) -> ParsedToken | None:
     """The token if its shape and checksum are right, else None. No I/O: garbage stops here."""
+    # On ASCII text isalnum() is exactly [0-9A-Za-z], and cheaper than a regular expression.
     if (
         len(value) != TOKEN_LENGTH
         or not value.startswith(PREFIX)
         or not value.isascii()
+        or value[_ID_END] != "_"
         or _checksum(value[:_BODY_LENGTH]) != value[_BODY_LENGTH:]
-        or _TOKEN_RE.fullmatch(value) is None
     ):
         return None
-    return ParsedToken(token_id=value[_ID_START:_ID_END], value=value)
+    token_id = value[_ID_START:_ID_END]
+    if not token_id.isalnum() or not value[_SECRET_START:].isalnum():
+        return None
+    return ParsedToken(token_id, value)
 
 
 def is_token_id(value: str) -> bool:

@@ -6,6 +6,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from authority.domain.models import TokenRecord
 from authority.domain.scopes import PermissionMatcher, is_permission, normalize
@@ -100,8 +101,7 @@ class EntryCompiler:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The answer: `reason` is OK when valid. `entry` is set whenever the token was found."""
 
     reason: Reason
