@@ -47,8 +47,13 @@ run: generate
 	@mkdir -p $(VAR) && chmod 700 $(VAR)
 	@$(BIN)/authority migrate
 	@if [ ! -s $(TOKEN_FILE) ]; then \
-	  umask 077 && $(BIN)/authority bootstrap --quiet > $(TOKEN_FILE).tmp && mv $(TOKEN_FILE).tmp $(TOKEN_FILE) && \
-	  echo "Created the first global administrator; its token is in $(TOKEN_FILE) (mode 600)."; \
+	  if (umask 077 && $(BIN)/authority bootstrap --quiet > $(TOKEN_FILE).tmp); then \
+	    mv $(TOKEN_FILE).tmp $(TOKEN_FILE); \
+	    echo "Created the first global administrator; its token is in $(TOKEN_FILE) (mode 600)."; \
+	  else \
+	    rm -f $(TOKEN_FILE).tmp; \
+	    echo "No $(TOKEN_FILE), and this database already has an administrator: use its token."; \
+	  fi; \
 	fi
 	@$(BIN)/authority hint --listen $(LISTEN) --token-file $(TOKEN_FILE)
 	@exec $(BIN)/authority serve --listen $(LISTEN)

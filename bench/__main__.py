@@ -57,6 +57,7 @@ class Result:
     server_cpu: float
     client_cpu: float
     ratio: float = 0.0
+    per_call: int = 1
 
 
 def _free_port() -> int:
@@ -239,6 +240,7 @@ def _summarise(scenario: Scenario, size: int, samples: list[Sample], ratios: lis
         server_cpu=statistics.median(sample.server_cpu for sample in samples),
         client_cpu=statistics.median(sample.client_cpu for sample in samples),
         ratio=statistics.median(ratios),
+        per_call=scenario.per_call,
     )
 
 
@@ -391,13 +393,14 @@ def measure_rss(entries: int) -> tuple[float, float, float]:
 def _table(results: list[Result]) -> str:
     header = (
         "| scenario | store | stored tokens | rate | ratio to Ping | p50 ms | p99 ms "
-        "| server CPU | client CPU |"
+        "| server CPU | server µs per call | client CPU |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     for r in results:
         lines.append(
             f"| {r.scenario} | {r.store} | {r.size:,} | {r.rate:,.0f} {r.unit}/s | {r.ratio:.2f}x "
-            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | {r.client_cpu:.0%} |"
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} "
+            f"| {r.server_cpu * r.per_call / r.rate * 1e6:.0f} | {r.client_cpu:.0%} |"
         )
     return "\n".join(lines)
 
@@ -454,7 +457,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,1000000", help="stored tokens, comma-separated")
     parser.add_argument("--duration", type=float, default=2.5, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=0.7)
-    parser.add_argument("--rounds", type=int, default=3, help="baseline/scenario alternations")
+    parser.add_argument("--rounds", type=int, default=5, help="baseline/scenario alternations")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per client")
     parser.add_argument("--window", type=int, default=64, help="messages in flight per stream")

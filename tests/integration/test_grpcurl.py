@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,9 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
+@contextmanager
+def served_process(directory: Path) -> Iterator[ServedProcess]:
     """`authority bootstrap`, then `authority serve` on a fresh SQLite file; always stopped."""
-    directory = tmp_path_factory.mktemp("served")
     environment = _environment(directory)
     bootstrap = subprocess.run(
         [str(AUTHORITY), "bootstrap"], env=environment, capture_output=True, text=True, timeout=60
@@ -127,6 +127,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
         yield ServedProcess(process, address, admin_token, log)
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
+    with served_process(tmp_path_factory.mktemp("served")) as process:
+        yield process
 
 
 def test_reflection_lists_the_services_and_describes_every_rpc_of_the_contract(

@@ -6,13 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.integration.test_grpcurl import (
-    AUTHORITY,
-    _environment,
-    _free_port,
-    _stop,
-    _wait_until_serving,
-)
+from tests.integration.test_grpcurl import AUTHORITY, _environment, served_process
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 VENV = Path(AUTHORITY).parent.parent
@@ -32,43 +26,23 @@ def _session() -> str:
 def test_the_readme_grpcurl_session_runs_as_written_against_a_served_process(
     tmp_path: Path,
 ) -> None:
-    environment = _environment(tmp_path)
+    # The session runs from a checkout after `make run`: .venv/ and var/admin-token beside it.
     (tmp_path / "var").mkdir()
     (tmp_path / ".venv").symlink_to(VENV)
-    bootstrap = subprocess.run(
-        [str(AUTHORITY), "bootstrap", "--quiet"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bootstrap.returncode == 0, bootstrap.stderr
-    (tmp_path / "var" / "admin-token").write_text(bootstrap.stdout)
-    address = f"127.0.0.1:{_free_port()}"
-    log = tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(AUTHORITY), "serve", "--listen", address],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_until_serving(process, address, log)
-        script = _session().replace("ADDR=127.0.0.1:50051", f"ADDR={address}")
-        assert f"ADDR={address}" in script
+    with served_process(tmp_path) as served:
+        (tmp_path / "var" / "admin-token").write_text(served.admin_token + "\n")
+        script = _session().replace("ADDR=127.0.0.1:50051", f"ADDR={served.address}")
+        assert f"ADDR={served.address}" in script
         run = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=tmp_path,
-            env=environment,
+            env=_environment(tmp_path),
             capture_output=True,
             text=True,
             timeout=120,
         )
-    finally:
-        _stop(process)
 
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{log.read_text()}"
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
     answers = run.stdout
     assert "authority.v1.TokenAuthority" in answers
     assert answers.count('"valid": true') == 1

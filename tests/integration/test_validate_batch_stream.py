@@ -18,7 +18,7 @@ from authority.domain.token_format import new_token
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 from tests.conftest import Deployment
-from tests.harness import ServerHandle, bearer, serve
+from tests.harness import ServerHandle, serve
 from tests.integration.helpers import (
     Metadata,
     cache_activity,
@@ -36,27 +36,9 @@ REVOKED = (False, pb.REASON_REVOKED)
 
 
 @pytest.fixture(scope="module")
-def cached(deployment: Deployment) -> Iterator[ServerHandle]:
-    """A server with the cache on (default bounds) sharing the deployment's database."""
-    with serve(deployment.database_url) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def uncached(deployment: Deployment) -> Iterator[ServerHandle]:
-    with serve(deployment.database_url, cache_max_entries=0) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def small_batches(deployment: Deployment) -> Iterator[ServerHandle]:
     with serve(deployment.database_url, validate_batch_max=BATCH_MAX) as server:
         yield server
-
-
-@pytest.fixture
-def auth(admin_token: str) -> Metadata:
-    return bearer(admin_token)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from authority.domain.token_format import new_token
 from authority.v1 import admin_pb2, token_authority_pb2_grpc
 from authority.v1 import token_authority_pb2 as pb
 from tests.conftest import Deployment
-from tests.harness import ServerHandle, bearer, serve
+from tests.harness import ServerHandle, serve
 from tests.integration.helpers import (
     Metadata,
     cache_activity,
@@ -39,25 +39,6 @@ REVOKED = (False, pb.REASON_REVOKED)
 EXPIRED = (False, pb.REASON_EXPIRED)
 UNKNOWN = (False, pb.REASON_UNKNOWN)
 MALFORMED = (False, pb.REASON_MALFORMED)
-
-
-@pytest.fixture(scope="module")
-def cached(deployment: Deployment) -> Iterator[ServerHandle]:
-    """A server with the cache on (default bounds) sharing the deployment's database."""
-    with serve(deployment.database_url) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def uncached(deployment: Deployment) -> Iterator[ServerHandle]:
-    """A server with the cache off (every Validate reads the store), same database."""
-    with serve(deployment.database_url, cache_max_entries=0) as server:
-        yield server
-
-
-@pytest.fixture
-def auth(admin_token: str) -> Metadata:
-    return bearer(admin_token)
 
 
 @pytest.fixture

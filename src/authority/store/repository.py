@@ -6,8 +6,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +41,8 @@ _TOKEN_COLUMNS = (
 _GET_TOKEN = select(*_TOKEN_COLUMNS).where(TokenRow.token_id == bindparam("token_id"))
 
 
-def _token_from_row(row: TokenRow) -> TokenRecord:
+def _token_from_row(row: TokenRow | Row[*tuple[Any, ...]]) -> TokenRecord:
+    """From an ORM row or a Core row of _TOKEN_COLUMNS (same attribute names)."""
     return TokenRecord(
         token_id=row.token_id,
         secret_hash=bytes(row.secret_hash),
@@ -258,36 +260,7 @@ class SqlStore:
             connection = self._read_connection()
             row = connection.execute(_GET_TOKEN, parameters).first()
         # No commit: the reader is in autocommit, so no transaction stays open between reads.
-        if row is None:
-            return None
-        (
-            token_id,
-            secret_hash,
-            organization,
-            subject,
-            label,
-            description,
-            scopes,
-            created_at,
-            expires_at,
-            revoked_at,
-            created_by,
-            properties,
-        ) = row
-        return TokenRecord(
-            token_id=token_id,
-            secret_hash=bytes(secret_hash),
-            organization=organization,
-            subject=subject,
-            label=label,
-            description=description,
-            scopes=tuple(scopes),
-            created_at=created_at,
-            expires_at=expires_at,
-            revoked_at=revoked_at,
-            created_by=created_by,
-            properties=dict(properties),
-        )
+        return _token_from_row(row) if row is not None else None
 
     def dispose(self) -> None:
         with self._held_lock:
