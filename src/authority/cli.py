@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -111,20 +112,26 @@ def _safe_url(url: str) -> str:
 
 def _print_hint(listen: str, token_file: Path) -> None:
     token = f"$(cat {shlex.quote(str(token_file))})"
+    # The grpcurl installed beside this interpreter (.venv/bin), so the lines paste as they are.
+    beside = Path(sys.executable).parent / "grpcurl"
+    grpcurl = "grpcurl"
+    if beside.exists():
+        relative = os.path.relpath(beside)
+        grpcurl = str(beside) if relative.startswith("..") else relative
     print(
         f"""
 Token Authority is starting on {listen} (Ctrl-C stops it).
 The administrator token is in {token_file}. In another terminal, paste:
 
-  grpcurl -plaintext {listen} list
-  grpcurl -plaintext -H "authorization: Bearer {token}" \\
+  {grpcurl} -plaintext {listen} list
+  {grpcurl} -plaintext -H "authorization: Bearer {token}" \\
     -d '{{"name": "acme", "display_name": "Acme Inc."}}' \\
     {listen} authority.v1.Admin/CreateOrganization
-  grpcurl -plaintext -H "authorization: Bearer {token}" \\
+  {grpcurl} -plaintext -H "authorization: Bearer {token}" \\
     -d '{{"organization": "acme", "label": "ci-download", "scopes": ["download-only"]}}' \\
     {listen} authority.v1.TokenAuthority/IssueToken
 
-(`grpcurl` is in .venv/bin; README.md has the whole session.)
+README.md has the whole session.
 """,
         flush=True,
     )

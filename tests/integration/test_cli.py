@@ -147,7 +147,9 @@ def test_hint_prints_grpcurl_commands_that_work_when_pasted(tmp_path: Path) -> N
         )
         assert hint.returncode == 0, hint.stderr
         commands = _pasteable_commands(hint.stdout)
-        assert f"grpcurl -plaintext {server.address} list" in commands
+        assert any(
+            command.endswith(f"grpcurl -plaintext {server.address} list") for command in commands
+        )
         # Pasted into a shell with .venv/bin on PATH, as the hint says.
         environment = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
         outputs = [
@@ -183,7 +185,7 @@ def _pasteable_commands(text: str) -> list[str]:
     commands: list[str] = []
     lines = iter(text.splitlines())
     for line in lines:
-        if not line.strip().startswith("grpcurl "):
+        if "grpcurl -plaintext" not in line:
             continue
         command = line.strip()
         while command.endswith("\\"):
