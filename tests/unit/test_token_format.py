@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 import zlib
 
@@ -269,3 +270,13 @@ def test_matches_is_false_for_a_truncated_or_empty_stored_hash() -> None:
     assert not hasher.matches(token, stored[:-1])
     assert not hasher.matches(token, stored + b"\x00")
     assert not hasher.matches(token, b"")
+
+
+@pytest.mark.parametrize("pepper_length", [32, 63, 64, 65, 200])
+def test_the_hash_is_exactly_hmac_sha256_whatever_the_pepper_length(pepper_length: int) -> None:
+    pepper = bytes(range(256))[:pepper_length]
+    hasher = SecretHasher(pepper)
+    for _ in range(20):
+        token = new_token()
+        expected = hmac.digest(pepper, token.value.encode("ascii"), "sha256")
+        assert hasher.hash(token) == expected

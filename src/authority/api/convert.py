@@ -160,7 +160,7 @@ def verdict(result: Verdict, request_id: str) -> token_authority_pb2.ValidateRes
 
 
 def batch(
-    verdicts: list[Verdict], requests: Sequence[token_authority_pb2.ValidateRequest]
+    verdicts: Sequence[Verdict], requests: Sequence[token_authority_pb2.ValidateRequest]
 ) -> token_authority_pb2.ValidateBatchResponse:
     """One answer per request, in order, parsed from the rendered answers in one C call."""
     parts: list[bytes] = []

@@ -31,6 +31,7 @@ _STATUS: dict[type[errors.AuthorityError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 R = TypeVar("R")
@@ -74,9 +75,9 @@ async def _abort(context: Context, status: grpc.Status) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
-async def _abort_internal(context: Context, method: str) -> NoReturn:
+async def _abort_internal(context: Context, method: str, error: Exception) -> NoReturn:
     incident = uuid.uuid4().hex[:12]
-    log.exception("internal error in %s (incident %s)", method, incident)
+    log.error("internal error in %s (incident %s)", method, incident, exc_info=error)
     status = status_pb2.Status(
         code=code_pb2.INTERNAL,
         message=f"internal error (incident {incident}); the server log has the details",
@@ -84,7 +85,10 @@ async def _abort_internal(context: Context, method: str) -> NoReturn:
     await _abort(context, rpc_status.to_status(status))
 
 
-def _log_call(method: str, code: str, started: float, token_id: str, level: int) -> None:
+def log_call(
+    method: str, code: str, started: float, token_id: str, level: int, **fields: object
+) -> None:
+    """The one log line of a call: method, status, duration, token id. Never a secret."""
     if log.isEnabledFor(level):
         log.log(
             level,
@@ -94,8 +98,21 @@ def _log_call(method: str, code: str, started: float, token_id: str, level: int)
                 "rpc_status": code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 "token_id": token_id,
+                **fields,
             },
         )
+
+
+async def fail(
+    context: Context, method: str, error: Exception, started: float, token_id: str = ""
+) -> NoReturn:
+    """End a call that raised: a domain error becomes its status, anything else INTERNAL."""
+    if isinstance(error, errors.AuthorityError):
+        status = status_of(error)
+        log_call(method, status.code.name, started, token_id, logging.INFO)
+        await _abort(context, status)
+    log_call(method, "INTERNAL", started, token_id, logging.ERROR)
+    await _abort_internal(context, method, error)
 
 
 S = TypeVar("S", bound=HasRuntime)
@@ -123,14 +140,9 @@ def management(
                 caller = await servicer.runtime.authenticate(context, method)
                 token_id = caller.token_id
                 result = await handler(servicer, request, caller)
-            except errors.AuthorityError as error:
-                status = status_of(error)
-                _log_call(method, status.code.name, started, token_id, logging.INFO)
-                await _abort(context, status)
-            except Exception:
-                _log_call(method, "INTERNAL", started, token_id, logging.ERROR)
-                await _abort_internal(context, method)
-            _log_call(method, "OK", started, token_id, logging.INFO)
+            except Exception as error:
+                await fail(context, method, error, started, token_id)
+            log_call(method, "OK", started, token_id, logging.INFO)
             return result
 
         return call
@@ -154,14 +166,9 @@ def public(
             started = time.perf_counter()
             try:
                 result = await handler(servicer, request, context)
-            except errors.AuthorityError as error:
-                status = status_of(error)
-                _log_call(method, status.code.name, started, "", logging.INFO)
-                await _abort(context, status)
-            except Exception:
-                _log_call(method, "INTERNAL", started, "", logging.ERROR)
-                await _abort_internal(context, method)
-            _log_call(method, "OK", started, "", logging.DEBUG)
+            except Exception as error:
+                await fail(context, method, error, started)
+            log_call(method, "OK", started, "", logging.DEBUG)
             return result
 
         return call

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 from authority.api import convert
-from authority.api.errors import Context, management, public
+from authority.api.errors import Context, fail, log_call, management, public
 from authority.api.runtime import Runtime
 from authority.domain.errors import InvalidArgument
 from authority.domain.service import Caller, IssueTokenCommand
@@ -18,7 +18,6 @@ from authority.v1 import token_authority_pb2_grpc
 SERVICE = "authority.v1.TokenAuthority"
 # Answers a stream may hold before it stops reading requests (back-pressure).
 STREAM_BUFFER = 1024
-log = logging.getLogger("authority.calls")
 
 
 class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
@@ -71,18 +70,8 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             raise InvalidArgument(
                 "requests", f"at most {limit} per call (got {len(request.requests)}); split it"
             )
-        validator = self.runtime.validator
-        items = request.requests
-        verdicts = validator.validate_many(items)
-        misses = [index for index, verdict in enumerate(verdicts) if verdict is None]
-        if misses:
-            # Store reads for the misses run concurrently (and coalesce per id).
-            found = await asyncio.gather(
-                *(validator.validate(items[i].token, items[i].permission) for i in misses)
-            )
-            for index, verdict in zip(misses, found, strict=True):
-                verdicts[index] = verdict
-        return convert.batch(verdicts, items)  # type: ignore[arg-type]
+        verdicts = await self.runtime.validator.validate_batch(request.requests)
+        return convert.batch(verdicts, request.requests)
 
     async def ValidateStream(
         self, request_iterator: AsyncIterator[pb.ValidateRequest], context: Context
@@ -93,6 +82,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         matches them by request_id; a slow read never holds up the stream behind it.
         """
         started = time.perf_counter()
+        method = f"{SERVICE}.ValidateStream"
         validator = self.runtime.validator
         answers: asyncio.Queue[pb.ValidateResponse | BaseException | None] = asyncio.Queue(
             maxsize=STREAM_BUFFER
@@ -131,21 +121,15 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
                 if isinstance(answer, BaseException):
                     raise answer
                 yield answer
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the store failed under a read: a status, not UNKNOWN
+            await fail(context, method, error, started)
         finally:
             pumping.cancel()
             for task in list(reads):
                 task.cancel()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "rpc",
-                    extra={
-                        "rpc_method": f"{SERVICE}.ValidateStream",
-                        "rpc_status": "OK",
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "token_id": "",
-                        "messages": count,
-                    },
-                )
+        log_call(method, "OK", started, "", logging.DEBUG, messages=count)
 
     @management(f"{SERVICE}.GetToken")
     async def GetToken(self, request: pb.GetTokenRequest, caller: Caller) -> pb.Token:

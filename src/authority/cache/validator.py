@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from authority.domain.clock import Clock
+from authority.domain.clock import Clock, system_clock
 from authority.domain.token_format import SecretHasher, parse_token
 from authority.domain.validation import MALFORMED, UNKNOWN, ValidationEntry, Verdict, check
 
@@ -75,7 +75,11 @@ class Validator:
     ) -> None:
         self._load = load
         self._hasher = hasher
-        self._clock = clock
+        # The wall clock as a float, read on every Validate: skip building a datetime when
+        # the clock is the system's (tests inject their own and keep full control).
+        self._now: Callable[[], float] = (
+            time.time if clock is system_clock else lambda: clock().timestamp()
+        )
         self._config = config
         self._monotonic = monotonic
         self._entries: OrderedDict[str, tuple[ValidationEntry, float]] = OrderedDict()
@@ -91,14 +95,26 @@ class Validator:
 
         Synchronous, so that the hot path creates no coroutine; `validate` finishes the rest.
         """
-        return self._answer(value, permission, self._clock().timestamp(), self._monotonic())
+        return self._answer(value, permission, self._now(), self._monotonic())
 
     def validate_many(self, requests: Sequence[Presented]) -> list[Verdict | None]:
         """`validate_now` for a batch, reading the clocks once for all of it."""
         answer = self._answer
-        now_ts = self._clock().timestamp()
+        now_ts = self._now()
         mono = self._monotonic()
         return [answer(request.token, request.permission, now_ts, mono) for request in requests]
+
+    async def validate_batch(self, requests: Sequence[Presented]) -> list[Verdict]:
+        """One verdict per request, in order; the misses' store reads run concurrently."""
+        found = self.validate_many(requests)
+        misses = [index for index, verdict in enumerate(found) if verdict is None]
+        if misses:
+            read = await asyncio.gather(
+                *(self.validate(requests[i].token, requests[i].permission) for i in misses)
+            )
+            for index, verdict in zip(misses, read, strict=True):
+                found[index] = verdict
+        return found  # type: ignore[return-value]  # every None was just replaced
 
     def _answer(self, value: str, permission: str, now_ts: float, mono: float) -> Verdict | None:
         token = parse_token(value)
@@ -126,7 +142,7 @@ class Validator:
         token = parse_token(value)
         assert token is not None  # validate_now refused malformed values
         entry = await self._miss(token.token_id)
-        return check(entry, token, permission, self._clock().timestamp(), self._hasher)
+        return check(entry, token, permission, self._now(), self._hasher)
 
     async def _miss(self, token_id: str) -> ValidationEntry | None:
         self._misses += 1

@@ -42,3 +42,7 @@ class FailedPrecondition(AuthorityError):
 
 class ResourceExhausted(AuthorityError):
     """A limit was reached."""
+
+
+class Unavailable(AuthorityError):
+    """The token store cannot be reached; the caller may retry."""

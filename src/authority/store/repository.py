@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from authority.domain.errors import AlreadyExists
+from authority.domain.errors import AlreadyExists, Unavailable
 from authority.domain.models import (
     Membership,
     Organization,
@@ -57,6 +57,11 @@ def _token_from_row(row: TokenRow | Row[*tuple[Any, ...]]) -> TokenRecord:
         created_by=row.created_by,
         properties=dict(row.properties),
     )
+
+
+def _unavailable(error: OperationalError) -> Unavailable:
+    reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+    return Unavailable(f"the token store is unavailable ({reason}); retry shortly")
 
 
 class SqlTransaction:
@@ -238,6 +243,8 @@ class SqlStore:
             except IntegrityError as error:
                 # Two callers raced for the same unique name: the loser hears it plainly.
                 raise AlreadyExists("it already exists (created concurrently)") from error
+            except OperationalError as error:
+                raise _unavailable(error) from error
 
     def _read_connection(self) -> Connection:
         connection: Connection | None = getattr(self._local, "connection", None)
@@ -257,8 +264,11 @@ class SqlStore:
         except DBAPIError:
             # The held connection may have died (database restart): one retry on a new one.
             self._local.connection = None
-            connection = self._read_connection()
-            row = connection.execute(_GET_TOKEN, parameters).first()
+            try:
+                connection = self._read_connection()
+                row = connection.execute(_GET_TOKEN, parameters).first()
+            except OperationalError as error:
+                raise _unavailable(error) from error
         # No commit: the reader is in autocommit, so no transaction stays open between reads.
         return _token_from_row(row) if row is not None else None
 
