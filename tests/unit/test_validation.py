@@ -10,7 +10,7 @@ import pytest
 
 from authority.domain.models import TokenRecord
 from authority.domain.token_format import ParsedToken, SecretHasher, new_token
-from authority.domain.validation import Reason, ValidationEntry, check
+from authority.domain.validation import EntryCompiler, Reason, ValidationEntry, check
 
 HASHER = SecretHasher(b"p" * 32)
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -204,3 +204,40 @@ def test_an_entry_never_holds_the_token_value_or_its_secret() -> None:
     for field in dataclasses.fields(entry):
         held = repr(getattr(entry, field.name))
         assert token.value not in held and secret not in held, field.name
+
+
+def test_the_entry_compiler_shares_matchers_and_names_and_decides_like_from_record() -> None:
+    compile_entry = EntryCompiler()
+    tokens = [new_token() for _ in range(3)]
+    records = [
+        dataclasses.replace(
+            _record_of(stored(token, scopes=("download", "x.*"))),
+            organization="".join(["ac", "me"]),  # equal strings, distinct objects
+        )
+        for token in tokens
+    ]
+
+    entries = [compile_entry(record) for record in records]
+
+    assert entries[0].matcher is entries[1].matcher is entries[2].matcher
+    assert entries[0].organization is entries[1].organization
+    for token, record, entry in zip(tokens, records, entries, strict=True):
+        plain = ValidationEntry.from_record(record)
+        for permission in ("download", "x.y", "upload", "", "bad permission"):
+            assert decide(entry, token, permission) == decide(plain, token, permission)
+
+
+def _record_of(entry: ValidationEntry) -> TokenRecord:
+    return TokenRecord(
+        token_id=entry.token_id,
+        secret_hash=entry.secret_hash,
+        organization=entry.organization or None,
+        subject=entry.subject or None,
+        label="ci",
+        description="",
+        scopes=entry.scopes,
+        created_at=NOW - timedelta(days=1),
+        expires_at=entry.expires_at,
+        revoked_at=None,
+        created_by="alice",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -73,7 +73,9 @@ class EntryCompiler:
         self._matchers: dict[tuple[str, ...], tuple[tuple[str, ...], PermissionMatcher]] = {}
         self._strings: dict[str, str] = {}
 
-    def _share(self, value: str) -> str:
+    def _share(self, value: str | None) -> str | None:
+        if value is None:
+            return None
         shared = self._strings.get(value)
         if shared is None:
             if len(self._strings) >= self._max_shapes:
@@ -88,17 +90,13 @@ class EntryCompiler:
             if len(self._matchers) < self._max_shapes:
                 self._matchers[record.scopes] = shape
         scopes, matcher = shape
-        return ValidationEntry(
-            token_id=record.token_id,
-            secret_hash=record.secret_hash,
-            organization=self._share(record.organization or ""),
-            subject=self._share(record.subject or ""),
+        shared = replace(
+            record,
             scopes=scopes,
-            matcher=matcher,
-            expires_at=record.expires_at,
-            expires_ts=record.expires_at.timestamp() if record.expires_at else math.inf,
-            revoked=record.revoked_at is not None,
+            organization=self._share(record.organization),
+            subject=self._share(record.subject),
         )
+        return ValidationEntry.from_record(shared, matcher)
 
 
 class Verdict(NamedTuple):
