@@ -109,7 +109,9 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
                 if reads:
                     await asyncio.gather(*reads)
                 await answers.put(None)
-            except BaseException as error:  # surfaced to the caller below
+            except asyncio.CancelledError:
+                raise  # the call ended: nobody is left to read an answer
+            except Exception as error:  # surfaced to the caller below
                 await answers.put(error)
 
         pumping = asyncio.create_task(pump())
