@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from authority import logs
+from authority import logs, operator
 from authority.domain.errors import AuthorityError
 from authority.settings import Settings, SettingsError
 
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument("--name", default="admin", help="principal name (default admin)")
     bootstrap.add_argument("--quiet", action="store_true", help="print only the token")
+
+    operator.add_commands(commands, common)
 
     hint = commands.add_parser("hint", help="print grpcurl commands to get started")
     hint.add_argument("--listen", default=None)
@@ -98,6 +100,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print("Its token follows. It is shown only this once; keep it secret.")
         print(issued.secret)
         return 0
+    if args.command in ("org", "token", "validate"):
+        return operator.run(args, settings.listen)
     if args.command == "hint":
         _print_hint(settings.listen, Path(args.token_file))
         return 0
