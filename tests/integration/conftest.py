@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Deployment
-from tests.harness import ServerHandle, bearer, serve
-from tests.integration.helpers import Metadata
+from tests.harness import ManualClock, ServerHandle, bearer, serve
+from tests.integration.helpers import Metadata, make_org
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +28,17 @@ def uncached(deployment: Deployment) -> Iterator[ServerHandle]:
 @pytest.fixture
 def auth(admin_token: str) -> Metadata:
     return bearer(admin_token)
+
+
+@pytest.fixture
+def clock(server: ServerHandle) -> Iterator[ManualClock]:
+    """The server's wall clock, put back afterwards: the other tests of the session share it."""
+    start = server.clock()
+    yield server.clock
+    server.clock.set(start)
+
+
+@pytest.fixture
+def org(server: ServerHandle, admin_token: str) -> str:
+    """A fresh organisation on the deployment's server."""
+    return make_org(server, admin_token)

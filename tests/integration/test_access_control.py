@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -33,19 +31,6 @@ from tests.integration.helpers import (
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
-
-
-@pytest.fixture
-def clock(server: ServerHandle) -> Iterator[ManualClock]:
-    """The server's wall clock, put back afterwards: the other tests of the session share it."""
-    start = server.clock()
-    yield server.clock
-    server.clock.set(start)
-
-
-@pytest.fixture
-def org(server: ServerHandle, admin_token: str) -> str:
-    return make_org(server, admin_token)
 
 
 def issue_request(org: str, **fields: object) -> pb.IssueTokenRequest:

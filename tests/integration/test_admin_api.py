@@ -31,16 +31,6 @@ PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.fixture
-def auth(admin_token: str) -> Metadata:
-    return bearer(admin_token)
-
-
-@pytest.fixture
-def org(server: ServerHandle, admin_token: str) -> str:
-    return make_org(server, admin_token)
-
-
 def add(
     server: ServerHandle, metadata: Metadata, org: str, principal: str, role: str
 ) -> admin_pb2.Membership:

@@ -104,6 +104,21 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=15)
 
 
+def _start_serving(
+    directory: Path, environment: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`authority serve` on a free loopback port, its output in directory/serve.log."""
+    address, log = f"127.0.0.1:{_free_port()}", directory / "serve.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(AUTHORITY), "serve", "--listen", address],
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return process, address, log
+
+
 @contextmanager
 def served_process(directory: Path) -> Iterator[ServedProcess]:
     """`authority bootstrap`, then `authority serve` on a fresh SQLite file; always stopped."""
@@ -113,15 +128,7 @@ def served_process(directory: Path) -> Iterator[ServedProcess]:
     )
     assert bootstrap.returncode == 0, bootstrap.stderr
     admin_token = bootstrap.stdout.splitlines()[-1]
-    address = f"127.0.0.1:{_free_port()}"
-    log = directory / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(AUTHORITY), "serve", "--listen", address],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process, address, log = _start_serving(directory, environment)
     try:
         _wait_until_serving(process, address, log)
         yield ServedProcess(process, address, admin_token, log)
@@ -209,15 +216,7 @@ def test_refused_calls_show_a_clear_status_and_message(served: ServedProcess) ->
 
 
 def test_sigterm_stops_the_served_process_cleanly(tmp_path: Path) -> None:
-    environment = _environment(tmp_path)
-    address, log = f"127.0.0.1:{_free_port()}", tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(AUTHORITY), "serve", "--listen", address],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    process, address, log = _start_serving(tmp_path, _environment(tmp_path))
     try:
         _wait_until_serving(process, address, log)
     finally:

@@ -7,7 +7,6 @@ what is in test_access_control.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -17,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from authority.domain.token_format import new_token
 from authority.v1 import token_authority_pb2 as pb
-from tests.harness import ManualClock, ServerHandle, bearer, unique
+from tests.harness import ManualClock, ServerHandle, unique
 from tests.integration.helpers import (
     Metadata,
     add_member,
@@ -33,24 +32,6 @@ from tests.integration.helpers import (
 
 # The shape the README gives secret scanners.
 SCANNER_REGEX = re.compile(r"\btka_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b")
-
-
-@pytest.fixture
-def clock(server: ServerHandle) -> Iterator[ManualClock]:
-    """The server's wall clock, put back afterwards: the other tests of the session share it."""
-    start = server.clock()
-    yield server.clock
-    server.clock.set(start)
-
-
-@pytest.fixture
-def auth(admin_token: str) -> Metadata:
-    return bearer(admin_token)
-
-
-@pytest.fixture
-def org(server: ServerHandle, admin_token: str) -> str:
-    return make_org(server, admin_token)
 
 
 def at(timestamp: Timestamp) -> datetime:
