@@ -56,8 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen=getattr(args, "listen", None),
             cache_max_entries=getattr(args, "cache_max_entries", None),
         )
-        logs.configure(settings.log_level)
-        return _run(args, settings)
+        stop_logging = logs.configure(settings.log_level)
+        try:
+            return _run(args, settings)
+        finally:
+            stop_logging()
     except (AuthorityError, SettingsError) as error:
         print(f"authority: {error}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 from authority.client import TokenAuthorityClient
 from authority.domain.token_format import SCANNER_REGEX
 from tests.harness import serve
+from tests.integration.test_grpcurl import served_process
 
 BIN = Path(sys.executable).parent
 AUTHORITY = BIN / "authority"
@@ -192,3 +194,33 @@ def _pasteable_commands(text: str) -> list[str]:
             command = command[:-1] + next(lines).strip()
         commands.append(command)
     return commands
+
+
+def test_an_unknown_log_level_is_refused_in_one_line(tmp_path: Path) -> None:
+    completed = authority(tmp_path, "migrate", AUTHORITY_LOG_LEVEL="LOUD")
+
+    assert completed.returncode == 1
+    assert (
+        completed.stderr == "authority: log level 'LOUD': use one of DEBUG, INFO, WARNING, ERROR\n"
+    )
+
+
+def test_served_calls_are_logged_as_json_lines_without_secrets(tmp_path: Path) -> None:
+    with served_process(tmp_path) as served:
+        token = served.admin_token
+        with TokenAuthorityClient(served.address, token=token, timeout=30) as client:
+            client.create_organization("acme")
+            client.validate(token)
+    log = served.log.read_text()
+
+    entries = [json.loads(line) for line in log.splitlines()]
+    assert any(
+        entry["msg"] == "rpc"
+        and entry["rpc_method"] == "authority.v1.Admin.CreateOrganization"
+        and entry["rpc_status"] == "OK"
+        and entry["token_id"] == token[4:20]
+        and entry["duration_ms"] >= 0
+        for entry in entries
+    )
+    assert token not in log
+    assert token[21:] not in log
