@@ -58,7 +58,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         validator = self.runtime.validator
         verdict = validator.validate_now(request.token, request.permission)
         if verdict is None:
-            verdict = await validator.validate(request.token, request.permission)
+            verdict = await validator.validate_missed(request.token, request.permission)
         return convert.verdict(verdict, request.request_id)
 
     @public(f"{SERVICE}.ValidateBatch")
@@ -91,7 +91,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         count = 0
 
         async def read_then_answer(item: pb.ValidateRequest) -> None:
-            verdict = await validator.validate(item.token, item.permission)
+            verdict = await validator.validate_missed(item.token, item.permission)
             await answers.put(convert.verdict(verdict, item.request_id))
 
         async def pump() -> None:

@@ -110,7 +110,7 @@ class Validator:
         misses = [index for index, verdict in enumerate(found) if verdict is None]
         if misses:
             read = await asyncio.gather(
-                *(self.validate(requests[i].token, requests[i].permission) for i in misses)
+                *(self.validate_missed(requests[i].token, requests[i].permission) for i in misses)
             )
             for index, verdict in zip(misses, read, strict=True):
                 found[index] = verdict
@@ -139,6 +139,10 @@ class Validator:
         verdict = self.validate_now(value, permission)
         if verdict is not None:
             return verdict
+        return await self.validate_missed(value, permission)
+
+    async def validate_missed(self, value: str, permission: str) -> Verdict:
+        """Finish a Validate that `validate_now` answered None: read the store, then decide."""
         token = parse_token(value)
         assert token is not None  # validate_now refused malformed values
         entry = await self._miss(token.token_id)
