@@ -13,7 +13,8 @@ GEN_STAMP   := $(GEN_DIR)/.stamp
 INSTALL_STAMP := $(VENV)/.installed
 VAR         := var
 TOKEN_FILE  := $(VAR)/admin-token
-LISTEN      ?= 127.0.0.1:50051
+# Where `make run` serves: LISTEN= on the make line, else AUTHORITY_LISTEN, else the default.
+LISTEN      ?= $(or $(AUTHORITY_LISTEN),127.0.0.1:50051)
 PYTEST_ARGS ?=
 
 .PHONY: all install generate migrate run test lint typecheck unit integration bench clean

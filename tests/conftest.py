@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from authority.domain.clock import system_clock
-from authority.domain.service import AuthorityService
-from authority.domain.token_format import SecretHasher
 from authority.settings import Settings
-from authority.store.database import create_engines
-from authority.store.repository import SqlStore
 from tests.harness import (
     PEPPER_HEX,
     ServerHandle,
+    bootstrap_admin,
     create_postgres_database,
     create_sqlite_database,
     drop_postgres_database,
     serve,
 )
+
+# Property-based tests (tests/integration/test_hostile_input.py): a short run in `make test`,
+# a long one with HYPOTHESIS_PROFILE=long. They drive a real server, so no deadline, and their
+# function-scoped fixtures are meant to be shared by all the examples of a test.
+_HYPOTHESIS = {
+    "deadline": None,
+    "suppress_health_check": [
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+    "print_blob": True,
+}
+settings.register_profile("short", max_examples=20, **_HYPOTHESIS)
+settings.register_profile("long", max_examples=400, **_HYPOTHESIS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "short"))
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -54,13 +68,7 @@ class Deployment:
 def deployment(database_url: str) -> Iterator[Deployment]:
     """A server (cache on) with a global administrator, per backend."""
     with serve(database_url) as server:
-        store = SqlStore(*create_engines(database_url, 1))
-        try:
-            service = AuthorityService(store, system_clock, SecretHasher(bytes.fromhex(PEPPER_HEX)))
-            issued = service.bootstrap("admin")
-        finally:
-            store.dispose()
-        yield Deployment(server, issued.secret, database_url)
+        yield Deployment(server, bootstrap_admin(database_url), database_url)
 
 
 @pytest.fixture

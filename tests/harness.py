@@ -20,9 +20,13 @@ import grpc
 import psycopg
 from sqlalchemy.engine import make_url
 
+from authority.domain.clock import system_clock
+from authority.domain.installation import Installation
+from authority.domain.token_format import SecretHasher
 from authority.server import RunningServer, build_application, start_server
 from authority.settings import Settings
-from authority.store.database import migrate
+from authority.store.database import create_engines, migrate
+from authority.store.repository import SqlStore
 from authority.v1 import admin_pb2_grpc, token_authority_pb2_grpc
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -75,6 +79,16 @@ def drop_postgres_database(url: str) -> None:
     name = make_url(url).database
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bootstrap_admin(database_url: str, name: str = "admin") -> str:
+    """The first global administrator of a migrated database; its token's value."""
+    store = SqlStore(*create_engines(database_url, 1))
+    try:
+        hasher = SecretHasher(bytes.fromhex(PEPPER_HEX))
+        return Installation(store, system_clock, hasher).bootstrap(name).secret
+    finally:
+        store.dispose()
 
 
 def create_sqlite_database(directory: Path) -> str:

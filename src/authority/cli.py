@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import shlex
 import sys
 from collections.abc import Sequence
@@ -39,7 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--name", default="admin", help="principal name (default admin)")
     bootstrap.add_argument("--quiet", action="store_true", help="print only the token")
 
-    operator.add_commands(commands, common)
+    break_glass = commands.add_parser(
+        "break-glass",
+        parents=[common],
+        help="on the server host: issue a new token for an existing global administrator "
+        "(when every administrator token is lost); logged",
+    )
+    break_glass.add_argument("--name", default="admin", help="the global administrator")
+    break_glass.add_argument("--quiet", action="store_true", help="print only the token")
+
+    operator.add_commands(commands)
 
     hint = commands.add_parser("hint", help="print grpcurl commands to get started")
     hint.add_argument("--listen", default=None)
@@ -86,27 +95,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         migrate(settings.database_url)
         run_loop(serve(settings), settings.event_loop)
         return 0
-    if args.command == "bootstrap":
-        from authority.server import build_application
+    if args.command in ("bootstrap", "break-glass"):
+        from authority.server import build_application, check_pepper
 
         migrate(settings.database_url)
         application = build_application(settings)
         try:
-            issued = application.service.bootstrap(args.name)
+            check_pepper(application)
+            if args.command == "bootstrap":
+                issued = application.installation.bootstrap(args.name)
+                done = f"Created global administrator {args.name!r}"
+            else:
+                issued = application.installation.break_glass(args.name)
+                done = f"Break-glass: issued a new global-administrator token for {args.name!r}"
+                logging.getLogger("authority.break_glass").warning(
+                    "break-glass: a global-administrator token was issued on the server host",
+                    extra={"principal": args.name, "token_id": issued.record.token_id},
+                )
         finally:
             application.executor.shutdown()
             application.store.dispose()
         if not args.quiet:
-            print(
-                f"Created global administrator {args.name!r} (token id {issued.record.token_id})."
-            )
+            print(f"{done} (token id {issued.record.token_id}).")
             print("Its token follows. It is shown only this once; keep it secret.")
         print(issued.secret)
         return 0
     if args.command in ("org", "token", "validate"):
         return operator.run(args, settings.listen)
     if args.command == "hint":
-        _print_hint(settings.listen, Path(args.token_file))
+        # Absolute, so that the lines work when pasted in a terminal opened anywhere.
+        _print_hint(settings.listen, Path(args.token_file).absolute())
         return 0
     raise AssertionError(args.command)
 
@@ -119,12 +137,10 @@ def _safe_url(url: str) -> str:
 
 def _print_hint(listen: str, token_file: Path) -> None:
     token = f"$(cat {shlex.quote(str(token_file))})"
-    # The grpcurl installed beside this interpreter (.venv/bin), so the lines paste as they are.
+    # The grpcurl installed beside this interpreter (.venv/bin), by its absolute path, so that
+    # the lines paste as they are in a fresh terminal, whatever its directory and PATH.
     beside = Path(sys.executable).parent / "grpcurl"
-    grpcurl = "grpcurl"
-    if beside.exists():
-        relative = os.path.relpath(beside)
-        grpcurl = str(beside) if relative.startswith("..") else relative
+    grpcurl = shlex.quote(str(beside.absolute())) if beside.exists() else "grpcurl"
     print(
         f"""
 Token Authority is starting on {listen} (Ctrl-C stops it).

@@ -1,8 +1,10 @@
 """Operator commands of the `authority` CLI: talk to a running server through the client.
 
 Everything prints JSON, one object per line, so that it pipes into jq or a script. The bearer
-comes from AUTHORITY_TOKEN or --token-file (default var/admin-token, what `make run` writes);
-never from a flag, so that it stays out of shell history and process listings.
+comes from AUTHORITY_TOKEN or a file: --token-file, else AUTHORITY_TOKEN_FILE, else
+var/admin-token (what `make run` writes, relative to the working directory); never from a flag,
+so that it stays out of shell history and process listings. These commands are clients: they
+take no server settings (--database-url, --log-level).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from authority.client import AuthorityClientError, TokenAuthorityClient
 
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DEFAULT_TOKEN_FILE = Path("var/admin-token")  # what `make run` writes
 
 
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Register `org`, `token` and `validate` on the CLI's sub-parsers."""
-    remote = argparse.ArgumentParser(add_help=False, parents=[common])
+def add_commands(commands: Any) -> None:
+    """Register `org`, `token` and `validate` on the CLI's sub-parsers (client flags only)."""
+    remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--target", help="server host:port (default: AUTHORITY_LISTEN)")
     remote.add_argument(
-        "--token-file", default="var/admin-token", help="bearer token file (or AUTHORITY_TOKEN)"
+        "--token-file",
+        help="bearer token file (default: AUTHORITY_TOKEN_FILE, else var/admin-token); "
+        "AUTHORITY_TOKEN, when set, is used instead",
     )
 
     org = commands.add_parser("org", help="organisations").add_subparsers(
@@ -74,9 +79,12 @@ def run(args: argparse.Namespace, listen: str) -> int:
             presented = sys.stdin.readline().strip()
             with TokenAuthorityClient(target) as client:
                 result = client.validate(presented, args.permission)
-            _emit([result])
+            answer = _plain(result)
+            if result.valid:
+                del answer["reason"]  # a valid answer has no reason (REASON_UNSPECIFIED)
+            _emit([answer])
             return 0 if result.valid else 2
-        with TokenAuthorityClient(target, token=_bearer(Path(args.token_file))) as client:
+        with TokenAuthorityClient(target, token=_bearer(_token_file(args.token_file))) as client:
             _emit(_dispatch(client, args))
         return 0
     except AuthorityClientError as error:
@@ -128,6 +136,10 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _token_file(flag: str | None) -> Path:
+    return Path(flag or os.environ.get("AUTHORITY_TOKEN_FILE", "").strip() or DEFAULT_TOKEN_FILE)
+
+
 def _bearer(token_file: Path) -> str:
     token = os.environ.get("AUTHORITY_TOKEN", "").strip()
     if token:
@@ -136,8 +148,8 @@ def _bearer(token_file: Path) -> str:
         return token_file.read_text().strip()
     except OSError as error:
         raise ValueError(
-            f"no bearer token: set AUTHORITY_TOKEN or pass --token-file ({error.strerror}: "
-            f"{token_file})"
+            f"no bearer token: set AUTHORITY_TOKEN or pass --token-file (or set "
+            f"AUTHORITY_TOKEN_FILE) ({error.strerror}: {token_file})"
         ) from error
 
 

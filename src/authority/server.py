@@ -20,9 +20,12 @@ from authority.api.admin import AdminServicer
 from authority.api.runtime import Runtime
 from authority.api.token_authority import TokenAuthorityServicer
 from authority.cache.validator import CacheConfig, Monotonic, Validator
+from authority.domain.access import Access
 from authority.domain.clock import Clock, system_clock
-from authority.domain.service import AuthorityService
+from authority.domain.installation import Installation, PepperMismatch
+from authority.domain.organizations import OrganizationService
 from authority.domain.token_format import SecretHasher
+from authority.domain.tokens import TokenService
 from authority.domain.validation import EntryCompiler, ValidationEntry
 from authority.settings import Settings, SettingsError
 from authority.store.database import create_engines
@@ -43,7 +46,9 @@ class Application:
 
     settings: Settings
     store: SqlStore
-    service: AuthorityService
+    tokens: TokenService
+    organizations: OrganizationService
+    installation: Installation
     validator: Validator
     runtime: Runtime
     executor: ThreadPoolExecutor
@@ -56,7 +61,10 @@ def build_application(
     writer, reader = create_engines(settings.database_url, settings.database_threads)
     store = SqlStore(writer, reader)
     hasher = SecretHasher(settings.load_pepper())
-    service = AuthorityService(store, clock, hasher)
+    access = Access(clock)
+    tokens = TokenService(store, clock, hasher, access)
+    organizations = OrganizationService(store, clock, access)
+    installation = Installation(store, clock, hasher)
     executor = ThreadPoolExecutor(
         max_workers=settings.database_threads, thread_name_prefix="authority-db"
     )
@@ -80,8 +88,19 @@ def build_application(
         ),
         monotonic,
     )
-    runtime = Runtime(service, validator, executor, settings.validate_batch_max)
-    return Application(settings, store, service, validator, runtime, executor)
+    runtime = Runtime(tokens, organizations, validator, executor, settings.validate_batch_max)
+    return Application(
+        settings, store, tokens, organizations, installation, validator, runtime, executor
+    )
+
+
+def check_pepper(application: Application) -> None:
+    """Refuse to start with a pepper other than the one the database's tokens were hashed
+    with (SettingsError, for the CLI to print)."""
+    try:
+        application.installation.check_pepper()
+    except PepperMismatch as error:
+        raise SettingsError(str(error)) from None
 
 
 class RunningServer:
@@ -100,6 +119,8 @@ class RunningServer:
 
 async def start_server(application: Application) -> RunningServer:
     """Serve TokenAuthority, Admin, health and reflection on settings.listen."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(application.executor, check_pepper, application)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),

@@ -162,6 +162,24 @@ def bad_request_fields(error: grpc.RpcError) -> list[str]:
     return fields
 
 
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The google.rpc.ErrorInfo detail every refusal carries (domain `authority.v1`)."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"{error.code()} carries no google.rpc.Status"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "authority.v1", info.domain
+            return info
+    raise AssertionError(f"{error.code()} {error.details()!r} carries no ErrorInfo detail")
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The stable machine-readable reason of a refusal (ErrorInfo.reason)."""
+    return error_info(error).reason
+
+
 def invalid_argument(
     field: str, rpc: Callable[..., Any], request: Any, metadata: Metadata = ()
 ) -> grpc.RpcError:

@@ -175,6 +175,48 @@ def test_hint_prints_grpcurl_commands_that_work_when_pasted(tmp_path: Path) -> N
     assert [token.scopes for token in listed] == [("download",)]
 
 
+def test_hint_lines_work_when_pasted_in_a_fresh_terminal_in_another_directory(
+    tmp_path: Path,
+) -> None:
+    # As `make run` calls it: the token file relative to the checkout, grpcurl in .venv/bin.
+    bootstrap = authority(tmp_path, "bootstrap", "--quiet")
+    assert bootstrap.returncode == 0, bootstrap.stderr
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "admin-token").write_text(bootstrap.stdout)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    fresh_shell = {
+        name: value for name, value in os.environ.items() if not name.startswith("AUTHORITY_")
+    }
+    fresh_shell["PATH"] = os.pathsep.join(
+        entry for entry in os.environ["PATH"].split(os.pathsep) if Path(entry) != BIN
+    )
+
+    with serve(_database_url(tmp_path), pepper_hex=_pepper_hex(tmp_path)) as server:
+        hint = authority(
+            tmp_path, "hint", "--listen", server.address, "--token-file", "var/admin-token"
+        )
+        assert hint.returncode == 0, hint.stderr
+        commands = _pasteable_commands(hint.stdout)
+        outputs = [
+            subprocess.run(
+                ["bash", "-c", command],
+                env=fresh_shell,
+                cwd=elsewhere,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            for command in commands
+        ]
+
+    assert len(commands) >= 3
+    for command, output in zip(commands, outputs, strict=True):
+        assert output.returncode == 0, f"{command}\n{output.stderr}"
+    assert str(tmp_path / "var" / "admin-token") in hint.stdout
+    assert '"secret": "tka_' in outputs[-1].stdout
+
+
 def test_hint_defaults_to_the_configured_listen_address(tmp_path: Path) -> None:
     completed = authority(tmp_path, "hint", AUTHORITY_LISTEN="127.0.0.1:6123")
 

@@ -39,13 +39,9 @@ from authority.client import (
     Unavailable,
     ValidationResult,
 )
-from authority.domain.clock import system_clock
-from authority.domain.service import AuthorityService
-from authority.domain.token_format import SecretHasher, new_token
-from authority.store.database import create_engines
-from authority.store.repository import SqlStore
+from authority.domain.token_format import new_token
 from tests.conftest import Deployment
-from tests.harness import PEPPER_HEX, serve, unique
+from tests.harness import bootstrap_admin, serve, unique
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 UNKNOWN_TOKEN_ID = "0000000000000000"
@@ -131,6 +127,48 @@ def test_validate_batch_answers_each_item_in_order(
     assert results[1].token_id == everything.token.token_id
     assert set(results[1].scopes) == {"upload", "download"}
     assert admin.validate_batch([]) == []
+
+
+def test_an_oversized_batch_is_an_invalid_argument_on_the_server_and_in_the_client(
+    admin: TokenAuthorityClient, organization: str
+) -> None:
+    """Server and client agree: too many requests is a malformed request, not a quota."""
+    everything = admin.issue_token(organization, "all")
+
+    with pytest.raises(InvalidArgument) as too_many:
+        admin.validate_batch([everything.secret] * 1001)
+
+    assert too_many.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert too_many.value.reason == "BATCH_TOO_LARGE"
+    assert too_many.value.fields == ("requests",)
+    assert len(admin.validate_batch([everything.secret] * 1000)) == 1000
+
+
+def test_every_refusal_carries_its_reason_for_programs_to_branch_on(
+    admin: TokenAuthorityClient, organization: str, deployment: Deployment
+) -> None:
+    issued = admin.issue_token(organization, "short-lived")
+    admin.revoke_token(issued.token.token_id)
+
+    with pytest.raises(NotFound) as missing:
+        admin.get_token(UNKNOWN_TOKEN_ID)
+    with (
+        TokenAuthorityClient(deployment.server.address, token=issued.secret) as revoked,
+        pytest.raises(Unauthenticated) as refused,
+    ):
+        list(revoked.list_tokens(organization))
+
+    assert missing.value.reason == "TOKEN_NOT_FOUND"
+    assert refused.value.reason == "TOKEN_REVOKED"
+
+
+def test_validate_answers_show_the_tokens_properties(
+    admin: TokenAuthorityClient, organization: str
+) -> None:
+    issued = admin.issue_token(organization, "tagged", properties={"team": "infra"})
+
+    assert admin.validate(issued.secret).properties == {"team": "infra"}
+    assert admin.validate("garbage").properties == {}
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -277,7 +315,7 @@ def test_invalid_argument_names_the_field_from_the_rich_status(
     admin: TokenAuthorityClient, organization: str
 ) -> None:
     with pytest.raises(InvalidArgument) as missing_label:
-        admin.issue_token(organization, "   ")
+        admin.issue_token(organization, "l" * 101)
     with pytest.raises(InvalidArgument) as bad_id:
         admin.revoke_token("not-an-id")
 
@@ -352,7 +390,7 @@ def test_async_client_validates_issues_and_revokes(
             errors = []
             for call in (
                 client.get_token(UNKNOWN_TOKEN_ID),
-                client.issue_token(organization, ""),
+                client.issue_token(organization, "l" * 101),
             ):
                 try:
                     await call
@@ -449,9 +487,4 @@ def _run(command: list[str | Path]) -> None:
 
 def _bootstrap(database_url: str) -> str:
     """The first administrator's token, as `authority bootstrap` would create it."""
-    store = SqlStore(*create_engines(database_url, 1))
-    try:
-        hasher = SecretHasher(bytes.fromhex(PEPPER_HEX))
-        return AuthorityService(store, system_clock, hasher).bootstrap("admin").secret
-    finally:
-        store.dispose()
+    return bootstrap_admin(database_url)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from authority import cli
 from tests.conftest import Deployment
 from tests.harness import unique
 
@@ -75,6 +76,9 @@ def test_an_operator_issues_validates_lists_and_revokes_a_token_from_the_shell(
     )
     assert lifetime == timedelta(days=30)
     assert download.returncode == 0 and json.loads(download.stdout)["valid"] is True
+    # A valid answer carries no reason (not even REASON_UNSPECIFIED); a refusal always does.
+    assert "reason" not in json.loads(download.stdout)
+    assert "REASON_UNSPECIFIED" not in download.stdout
     assert upload.returncode == 2
     assert json.loads(upload.stdout)["reason"] == "REASON_PERMISSION_DENIED"
     assert [token["token_id"] for token in listed] == [token_id]
@@ -121,3 +125,77 @@ def test_a_bad_bearer_is_unauthenticated(deployment: Deployment) -> None:
 
     assert completed.returncode == 1
     assert completed.stderr.startswith("authority: UNAUTHENTICATED")
+
+
+def test_the_token_file_can_come_from_authority_token_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(deployment.admin_token + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
+    environment["AUTHORITY_TOKEN_FILE"] = str(token_file)
+
+    completed = subprocess.run(
+        [str(AUTHORITY), "org", "list", "--target", deployment.server.address],
+        env=environment,
+        cwd=elsewhere,  # no var/admin-token here: the file named by the environment is used
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert all("name" in json.loads(line) for line in completed.stdout.splitlines())
+
+
+# -- help: client commands take client flags only ---------------------------------------------
+
+CLIENT_COMMANDS = [
+    ("org", "create"),
+    ("org", "list"),
+    ("token", "issue"),
+    ("token", "list"),
+    ("token", "get"),
+    ("token", "revoke"),
+    ("validate",),
+]
+SERVER_ONLY_FLAGS = ("--database-url", "--log-level")
+
+
+def _help(capsys: pytest.CaptureFixture[str], *command: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=" ".join)
+def test_client_commands_list_no_server_flags_in_their_help(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    text = _help(capsys, *command)
+
+    assert "--target" in text and "--token-file" in text
+    for flag in SERVER_ONLY_FLAGS:
+        assert flag not in text, f"authority {' '.join(command)} --help lists {flag}"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "bootstrap"])
+def test_server_commands_keep_their_server_flags(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    text = _help(capsys, command)
+
+    assert all(flag in text for flag in SERVER_ONLY_FLAGS)
+
+
+def test_a_server_flag_given_to_a_client_command_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["org", "list", "--database-url", "sqlite:///x.db"])
+
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --database-url" in capsys.readouterr().err

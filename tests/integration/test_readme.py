@@ -1,51 +1,131 @@
-"""The README's grpcurl session works when pasted: it is extracted and run as written."""
+"""The README's shell sessions work when pasted: each is extracted and run as written, twice."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.test_grpcurl import AUTHORITY, _environment, served_process
+import pytest
+
+from tests.integration.test_grpcurl import (
+    AUTHORITY,
+    ServedProcess,
+    _environment,
+    served_process,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 VENV = Path(AUTHORITY).parent.parent
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def _session() -> str:
-    text = README.read_text()
+def _block(marker: str) -> str:
     block = re.search(
-        r"<!-- readme-session:start -->\n```bash\n(.*?)```\n<!-- readme-session:end -->",
-        text,
+        rf"<!-- {marker}:start -->\n```bash\n(.*?)```\n<!-- {marker}:end -->",
+        README.read_text(),
         re.S,
     )
-    assert block, "README.md lost its marked grpcurl session"
+    assert block, f"README.md lost its marked block {marker}"
     return block.group(1)
 
 
-def test_the_readme_grpcurl_session_runs_as_written_against_a_served_process(
-    tmp_path: Path,
-) -> None:
-    # The session runs from a checkout after `make run`: .venv/ and var/admin-token beside it.
-    (tmp_path / "var").mkdir()
-    (tmp_path / ".venv").symlink_to(VENV)
-    with served_process(tmp_path) as served:
-        (tmp_path / "var" / "admin-token").write_text(served.admin_token + "\n")
-        script = _session().replace("ADDR=127.0.0.1:50051", f"ADDR={served.address}")
-        assert f"ADDR={served.address}" in script
-        run = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=tmp_path,
-            env=_environment(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+@dataclass
+class Checkout:
+    """A directory laid out as a checkout after `make run`, and the server it started."""
 
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
-    answers = run.stdout
-    assert "authority.v1.TokenAuthority" in answers
-    assert answers.count('"valid": true') == 1
-    assert "REASON_PERMISSION_DENIED" in answers
-    assert "REASON_REVOKED" in answers
-    assert answers.index("REASON_PERMISSION_DENIED") < answers.index("REASON_REVOKED")
+    directory: Path
+    served: ServedProcess
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    directory = tmp_path_factory.mktemp("checkout")
+    (directory / "var").mkdir()
+    (directory / ".venv").symlink_to(VENV)
+    with served_process(directory) as served:
+        (directory / "var" / "admin-token").write_text(served.admin_token + "\n")
+        yield Checkout(directory, served)
+
+
+def _fresh_shell(directory: Path) -> dict[str, str]:
+    """A new terminal's environment: no AUTHORITY_* settings, and no .venv/bin on PATH."""
+    environment = _environment(directory)
+    for name in [name for name in environment if name.startswith("AUTHORITY_")]:
+        del environment[name]
+    environment["PATH"] = os.pathsep.join(
+        entry
+        for entry in environment["PATH"].split(os.pathsep)
+        if Path(entry).resolve() != (VENV / "bin").resolve()
+    )
+    return environment
+
+
+def _bash(script: str, cwd: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_readme_grpcurl_session_runs_as_written_twice_against_one_server(
+    checkout: Checkout,
+) -> None:
+    served = checkout.served
+    script = _block("readme-session").replace(f"ADDR={DEFAULT_ADDRESS}", f"ADDR={served.address}")
+    assert f"ADDR={served.address}" in script
+
+    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
+
+    for run in runs:
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+        answers = run.stdout
+        assert "authority.v1.TokenAuthority" in answers
+        assert answers.count('"valid": true') == 1
+        assert "REASON_PERMISSION_DENIED" in answers
+        assert "REASON_REVOKED" in answers
+        assert answers.index("REASON_PERMISSION_DENIED") < answers.index("REASON_REVOKED")
+
+
+def test_the_readme_cli_block_runs_as_written_from_a_fresh_shell_twice(
+    checkout: Checkout, tmp_path: Path
+) -> None:
+    served = checkout.served
+    block = _block("readme-cli").replace(
+        f"AUTHORITY_LISTEN={DEFAULT_ADDRESS}", f"AUTHORITY_LISTEN={served.address}"
+    )
+    assert f"AUTHORITY_LISTEN={served.address}" in block
+    # The export lines run from the checkout; everything after them, from another directory.
+    setup, separator, commands = block.partition("\n\n")
+    assert separator and all(line.startswith("export ") for line in setup.splitlines()), setup
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = f"{setup}\ncd {elsewhere}\n{commands}"
+
+    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
+
+    organizations = []
+    for run in runs:
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+        lines = run.stdout.splitlines()
+        assert lines[-1] == "refused (exit 2)", run.stdout
+        created, issued, listed, got, valid, revoked, refused = (
+            json.loads(line) for line in lines[:-1]
+        )
+        organizations.append(created["name"])
+        assert created["display_name"] == "Acme Inc."
+        assert issued["secret"].startswith("tka_")
+        assert issued["token"]["properties"] == {"team": "infra"}
+        assert listed["token_id"] == got["token_id"] == issued["token"]["token_id"]
+        assert valid["valid"] is True and "reason" not in valid
+        assert revoked["revoked_at"]
+        assert (refused["valid"], refused["reason"]) == (False, "REASON_REVOKED")
+    assert organizations[0] != organizations[1]

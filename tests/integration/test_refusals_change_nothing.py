@@ -155,9 +155,9 @@ REFUSALS: dict[str, Refusal] = {
         w.outsider.metadata,
         Code.NOT_FOUND,
     ),
-    "issue-without-a-label": lambda w: (
+    "issue-with-a-label-too-long": lambda w: (
         w.server.tokens.IssueToken,
-        _issue(w, label=""),
+        _issue(w, label="l" * 101),
         w.admin,
         Code.INVALID_ARGUMENT,
     ),

@@ -9,17 +9,13 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from authority.domain.clock import system_clock
-from authority.domain.service import AuthorityService
-from authority.domain.token_format import SecretHasher, new_token
-from authority.store.database import create_engines
-from authority.store.repository import SqlStore
+from authority.domain.token_format import new_token
 from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
 from tests.harness import (
-    PEPPER_HEX,
     POSTGRES_ADMIN_URL,
     bearer,
+    bootstrap_admin,
     create_postgres_database,
     drop_postgres_database,
     serve,
@@ -51,12 +47,7 @@ def _allow_connections(url: str, allowed: bool) -> None:
 
 
 def _bootstrap(url: str) -> str:
-    store = SqlStore(*create_engines(url, 1))
-    try:
-        service = AuthorityService(store, system_clock, SecretHasher(bytes.fromhex(PEPPER_HEX)))
-        return service.bootstrap("admin").secret
-    finally:
-        store.dispose()
+    return bootstrap_admin(url)
 
 
 def test_a_lost_database_gives_unavailable_and_its_return_gives_answers_again(

@@ -5,81 +5,94 @@ from __future__ import annotations
 from authority.api import convert
 from authority.api.errors import management
 from authority.api.runtime import Runtime
-from authority.domain.service import Caller
+from authority.domain.policy import Caller
 from authority.v1 import admin_pb2 as pb
 from authority.v1 import admin_pb2_grpc
 
-SERVICE = "authority.v1.Admin"
+SERVICE = pb.DESCRIPTOR.services_by_name["Admin"]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    @management(f"{SERVICE}.CreateOrganization")
+    @management(SERVICE)
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, caller: Caller
     ) -> pb.Organization:
         organization = await self.runtime.run(
-            self.runtime.service.create_organization, caller, request.name, request.display_name
+            self.runtime.organizations.create_organization,
+            caller,
+            request.name,
+            request.display_name,
         )
         return convert.organization(organization)
 
-    @management(f"{SERVICE}.ListOrganizations")
+    @management(SERVICE)
     async def ListOrganizations(
         self, request: pb.ListOrganizationsRequest, caller: Caller
     ) -> pb.ListOrganizationsResponse:
         page = await self.runtime.run(
-            self.runtime.service.list_organizations, caller, request.page_size, request.page_token
+            self.runtime.organizations.list_organizations,
+            caller,
+            request.page_size,
+            request.page_token,
         )
         return pb.ListOrganizationsResponse(
             organizations=[convert.organization(item) for item in page.items],
             next_page_token=page.next_page_token,
         )
 
-    @management(f"{SERVICE}.CreatePrincipal")
+    @management(SERVICE)
     async def CreatePrincipal(
         self, request: pb.CreatePrincipalRequest, caller: Caller
     ) -> pb.Principal:
         kind = convert.principal_kind(request.kind, request.kind_name)
         principal = await self.runtime.run(
-            self.runtime.service.create_principal, caller, request.name, kind
+            self.runtime.organizations.create_principal, caller, request.name, kind
         )
         return convert.principal(principal)
 
-    @management(f"{SERVICE}.AddMember")
+    @management(SERVICE)
     async def AddMember(self, request: pb.AddMemberRequest, caller: Caller) -> pb.Membership:
         role = convert.role(request.role, request.role_name)
         membership = await self.runtime.run(
-            self.runtime.service.add_member, caller, request.organization, request.principal, role
+            self.runtime.organizations.add_member,
+            caller,
+            request.organization,
+            request.principal,
+            role,
         )
         return convert.membership(membership)
 
-    @management(f"{SERVICE}.RemoveMember")
+    @management(SERVICE)
     async def RemoveMember(
         self, request: pb.RemoveMemberRequest, caller: Caller
     ) -> pb.RemoveMemberResponse:
         revoked = await self.runtime.run(
-            self.runtime.service.remove_member, caller, request.organization, request.principal
+            self.runtime.organizations.remove_member,
+            caller,
+            request.organization,
+            request.principal,
         )
         for token_id in revoked:
             self.runtime.validator.invalidate(token_id)
         return pb.RemoveMemberResponse(revoked_token_ids=revoked)
 
-    @management(f"{SERVICE}.ListMembers")
+    @management(SERVICE)
     async def ListMembers(
         self, request: pb.ListMembersRequest, caller: Caller
     ) -> pb.ListMembersResponse:
         members = await self.runtime.run(
-            self.runtime.service.list_members, caller, request.organization
+            self.runtime.organizations.list_members, caller, request.organization
         )
         return pb.ListMembersResponse(members=[convert.membership(item) for item in members])
 
-    @management(f"{SERVICE}.GetCacheStats")
+    @management(SERVICE)
     async def GetCacheStats(
         self, request: pb.GetCacheStatsRequest, caller: Caller
     ) -> pb.CacheStats:
         await self.runtime.run(
-            self.runtime.service.require_global_admin, caller, "read cache stats"
+            self.runtime.organizations.require_global_admin, caller, "read cache stats"
         )
         return convert.cache_stats(self.runtime.validator.stats())

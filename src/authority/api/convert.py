@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from authority.cache.validator import CacheStats
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import InvalidArgument, shown
 from authority.domain.models import Membership, Organization, Principal, PrincipalKind, Role
 from authority.domain.models import TokenRecord as DomainToken
+from authority.domain.token_format import display_hint
 from authority.domain.validation import Reason, Verdict
 from authority.v1 import admin_pb2, token_authority_pb2
 
@@ -48,9 +49,14 @@ def to_datetime(value: Timestamp, field: str) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
 
 
+# google.protobuf.Duration's own range (about 10,000 years); how long a token may live is
+# the domain's rule, not this.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def to_timedelta(seconds: int, nanos: int, field: str) -> timedelta:
-    if abs(seconds) > 10 * 365 * 86400:
-        raise InvalidArgument(field, "must be at most ten years")
+    if abs(seconds) > _MAX_DURATION_SECONDS or abs(nanos) >= 10**9:
+        raise InvalidArgument(field, "is not a valid duration")
     return timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
@@ -66,7 +72,9 @@ def role(value: int, name: str) -> Role | None:
         try:
             from_name = Role(name.strip().lower())
         except ValueError:
-            raise InvalidArgument("role_name", f"{name!r}: use owner, admin or member") from None
+            raise InvalidArgument(
+                "role_name", f"{shown(name)}: use owner, admin or member"
+            ) from None
         if value and _ROLE_FROM_PROTO.get(value) != from_name:
             raise InvalidArgument("role", "role and role_name disagree; give one of them")
         return from_name
@@ -80,7 +88,7 @@ def principal_kind(value: int, name: str) -> PrincipalKind | None:
         try:
             return PrincipalKind(name.strip().lower())
         except ValueError:
-            raise InvalidArgument("kind_name", f"{name!r}: use user or service") from None
+            raise InvalidArgument("kind_name", f"{shown(name)}: use user or service") from None
     if value and value not in _KIND_FROM_PROTO:
         raise InvalidArgument("kind", f"unknown kind {value}")
     return _KIND_FROM_PROTO.get(value)
@@ -97,7 +105,7 @@ def token(record: DomainToken) -> token_authority_pb2.Token:
         created_at=timestamp(record.created_at),
         created_by=record.created_by,
         properties=record.properties,
-        display_hint=f"tka_{record.token_id}_",
+        display_hint=display_hint(record.token_id),
     )
     if record.expires_at is not None:
         message.expires_at.CopyFrom(timestamp(record.expires_at))
@@ -146,6 +154,7 @@ def rendered_verdict(result: Verdict, request_id: str) -> bytes:
                 subject=entry.subject,
                 scopes=entry.scopes,
                 expires_at=timestamp(entry.expires_at) if entry.expires_at else None,
+                properties=entry.properties,
             ).SerializeToString()
         body = cached
     if not request_id:

@@ -17,12 +17,15 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from authority.domain import errors
-from authority.domain.service import Caller
+from authority.domain.policy import Caller
 
+# By class, and looked up along the class hierarchy (most specific first), so that a new
+# subclass of NotFound is NOT_FOUND without being listed here.
 _STATUS: dict[type[errors.AuthorityError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -50,17 +53,42 @@ class HasAuthenticate(Protocol):
     async def authenticate(self, context: Context, permission: str) -> Caller: ...
 
 
+# A message longer than this is cut: with the details it must fit gRPC's trailers (8 KiB).
+MAX_MESSAGE = 1000
+
+
+def code_of(error: errors.AuthorityError) -> grpc.StatusCode:
+    """The status code of a domain error: that of its nearest mapped class."""
+    for cls in type(error).__mro__:
+        code = _STATUS.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _error_info(reason: errors.Reason) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=errors.ERROR_DOMAIN))
+    return detail
+
+
+def _bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
 def status_of(error: errors.AuthorityError) -> grpc.Status:
-    """The gRPC status (with google.rpc details where they help) for a domain error."""
-    code = _STATUS.get(type(error), grpc.StatusCode.FAILED_PRECONDITION)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    """The gRPC status for a domain error, with an ErrorInfo (its reason) and, for a bad
+    field, a BadRequest naming it."""
+    code = code_of(error)
+    status = status_pb2.Status(code=code.value[0], message=_bounded(error.message))
+    status.details.append(_error_info(error.reason))
     if isinstance(error, errors.InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=error.field, description=error.description
+                        field=error.field, description=_bounded(error.description)
                     )
                 ]
             )
@@ -81,6 +109,7 @@ async def _abort_internal(context: Context, method: str, error: Exception) -> No
     status = status_pb2.Status(
         code=code_pb2.INTERNAL,
         message=f"internal error (incident {incident}); the server log has the details",
+        details=[_error_info(errors.Reason.INTERNAL)],
     )
     await _abort(context, rpc_status.to_status(status))
 
@@ -119,19 +148,30 @@ S = TypeVar("S", bound=HasRuntime)
 Request = TypeVar("Request")
 
 
+def permission_of(service: ServiceDescriptor, name: str) -> str:
+    """The permission a bearer needs for one RPC, derived from the service descriptor (so no
+    permission string is typed by hand): `authority.v1.TokenAuthority.IssueToken`."""
+    method = service.methods_by_name.get(name)
+    if method is None:
+        raise LookupError(f"{service.full_name} has no method {name}")
+    return method.full_name
+
+
 def management(
-    method: str,
+    service: ServiceDescriptor,
 ) -> Callable[
     [Callable[[S, Request, Caller], Awaitable[R]]],
     Callable[[S, Request, Context], Awaitable[R]],
 ]:
-    """Authenticate the bearer for `method` (its full name, e.g.
-    `authority.v1.TokenAuthority.IssueToken`, is the permission the bearer needs), run the
-    call, map errors, log one line."""
+    """Authenticate the bearer for the method of `service` named like the handler (the
+    method's full name is the permission the bearer needs), run the call, map errors, log
+    one line."""
 
     def wrap(
         handler: Callable[[S, Request, Caller], Awaitable[R]],
     ) -> Callable[[S, Request, Context], Awaitable[R]]:
+        method = permission_of(service, handler.__name__)
+
         @functools.wraps(handler)
         async def call(servicer: S, request: Request, context: Context) -> R:
             started = time.perf_counter()
@@ -151,7 +191,7 @@ def management(
 
 
 def public(
-    method: str,
+    service: ServiceDescriptor,
 ) -> Callable[
     [Callable[[Any, Request, Context], Awaitable[R]]],
     Callable[[Any, Request, Context], Awaitable[R]],
@@ -161,6 +201,8 @@ def public(
     def wrap(
         handler: Callable[[Any, Request, Context], Awaitable[R]],
     ) -> Callable[[Any, Request, Context], Awaitable[R]]:
+        method = permission_of(service, handler.__name__)
+
         @functools.wraps(handler)
         async def call(servicer: Any, request: Request, context: Context) -> R:
             started = time.perf_counter()

@@ -11,18 +11,31 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 
 from authority.cache.validator import Validator
+from authority.domain.access import caller_from_entry
 from authority.domain.errors import PermissionDenied, Unauthenticated
-from authority.domain.service import AuthorityService, Caller
+from authority.domain.errors import Reason as ErrorReason
+from authority.domain.organizations import OrganizationService
+from authority.domain.policy import Caller
+from authority.domain.tokens import TokenService
 from authority.domain.validation import Reason
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _REFUSALS = {
-    Reason.MALFORMED: "the bearer token is malformed: expected a tka_... token",
-    Reason.UNKNOWN: "the bearer token is not known to this service",
-    Reason.EXPIRED: "the bearer token has expired: ask for a new one",
-    Reason.REVOKED: "the bearer token was revoked: ask for a new one",
+    Reason.MALFORMED: (
+        "the bearer token is malformed: expected a tka_... token",
+        ErrorReason.TOKEN_MALFORMED,
+    ),
+    Reason.UNKNOWN: ("the bearer token is not known to this service", ErrorReason.TOKEN_UNKNOWN),
+    Reason.EXPIRED: (
+        "the bearer token has expired: ask for a new one",
+        ErrorReason.TOKEN_EXPIRED,
+    ),
+    Reason.REVOKED: (
+        "the bearer token was revoked: ask for a new one",
+        ErrorReason.TOKEN_REVOKED,
+    ),
 }
 
 
@@ -31,12 +44,14 @@ class Runtime:
 
     def __init__(
         self,
-        service: AuthorityService,
+        tokens: TokenService,
+        organizations: OrganizationService,
         validator: Validator,
         executor: ThreadPoolExecutor,
         batch_max: int,
     ) -> None:
-        self.service = service
+        self.tokens = tokens
+        self.organizations = organizations
         self.validator = validator
         self.executor = executor
         self.batch_max = batch_max
@@ -69,7 +84,12 @@ class Runtime:
             raise Unauthenticated("the authorization metadata must read `Bearer <token>`")
         verdict = await self.validator.validate(credential.strip(), permission)
         if verdict.reason is Reason.PERMISSION_DENIED:
-            raise PermissionDenied(f"the bearer token's scopes do not allow {permission}")
+            raise PermissionDenied(
+                f"the bearer token's scopes do not allow {permission}", ErrorReason.SCOPE_MISSING
+            )
         if not verdict.valid or verdict.entry is None:
-            raise Unauthenticated(_REFUSALS.get(verdict.reason, "the bearer token is not valid"))
-        return Caller.from_entry(verdict.entry)
+            message, reason = _REFUSALS.get(
+                verdict.reason, ("the bearer token is not valid", ErrorReason.TOKEN_UNKNOWN)
+            )
+            raise Unauthenticated(message, reason)
+        return caller_from_entry(verdict.entry)

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from authority.api import convert
 from authority.api.errors import Context, fail, log_call, management, public
 from authority.api.runtime import Runtime
-from authority.domain.errors import InvalidArgument
-from authority.domain.service import Caller, IssueTokenCommand
+from authority.domain.policy import Caller
+from authority.domain.tokens import IssueTokenCommand
+from authority.domain.validation import check_batch_size
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 
-SERVICE = "authority.v1.TokenAuthority"
+SERVICE = pb.DESCRIPTOR.services_by_name["TokenAuthority"]
 # Answers a stream may hold before it stops reading requests (back-pressure).
 STREAM_BUFFER = 1024
 
@@ -24,7 +25,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    @management(f"{SERVICE}.IssueToken")
+    @management(SERVICE)
     async def IssueToken(
         self, request: pb.IssueTokenRequest, caller: Caller
     ) -> pb.IssueTokenResponse:
@@ -48,12 +49,12 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             ),
             properties=dict(request.properties),
         )
-        issued = await self.runtime.run(self.runtime.service.issue_token, caller, command)
+        issued = await self.runtime.run(self.runtime.tokens.issue_token, caller, command)
         # A fresh id cannot be cached, but a negative entry for it could be: drop it.
         self.runtime.validator.invalidate(issued.record.token_id)
         return pb.IssueTokenResponse(token=convert.token(issued.record), secret=issued.secret)
 
-    @public(f"{SERVICE}.Validate")
+    @public(SERVICE)
     async def Validate(self, request: pb.ValidateRequest, context: Context) -> pb.ValidateResponse:
         validator = self.runtime.validator
         verdict = validator.validate_now(request.token, request.permission)
@@ -61,15 +62,11 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             verdict = await validator.validate_missed(request.token, request.permission)
         return convert.verdict(verdict, request.request_id)
 
-    @public(f"{SERVICE}.ValidateBatch")
+    @public(SERVICE)
     async def ValidateBatch(
         self, request: pb.ValidateBatchRequest, context: Context
     ) -> pb.ValidateBatchResponse:
-        limit = self.runtime.batch_max
-        if len(request.requests) > limit:
-            raise InvalidArgument(
-                "requests", f"at most {limit} per call (got {len(request.requests)}); split it"
-            )
+        check_batch_size(len(request.requests), self.runtime.batch_max)
         verdicts = await self.runtime.validator.validate_batch(request.requests)
         return convert.batch(verdicts, request.requests)
 
@@ -82,7 +79,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         matches them by request_id; a slow read never holds up the stream behind it.
         """
         started = time.perf_counter()
-        method = f"{SERVICE}.ValidateStream"
+        method = SERVICE.methods_by_name["ValidateStream"].full_name
         validator = self.runtime.validator
         answers: asyncio.Queue[pb.ValidateResponse | BaseException | None] = asyncio.Queue(
             maxsize=STREAM_BUFFER
@@ -133,17 +130,17 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
                 task.cancel()
         log_call(method, "OK", started, "", logging.DEBUG, messages=count)
 
-    @management(f"{SERVICE}.GetToken")
+    @management(SERVICE)
     async def GetToken(self, request: pb.GetTokenRequest, caller: Caller) -> pb.Token:
-        record = await self.runtime.run(self.runtime.service.get_token, caller, request.token_id)
+        record = await self.runtime.run(self.runtime.tokens.get_token, caller, request.token_id)
         return convert.token(record)
 
-    @management(f"{SERVICE}.ListTokens")
+    @management(SERVICE)
     async def ListTokens(
         self, request: pb.ListTokensRequest, caller: Caller
     ) -> pb.ListTokensResponse:
         page = await self.runtime.run(
-            self.runtime.service.list_tokens,
+            self.runtime.tokens.list_tokens,
             caller,
             request.organization,
             request.page_size,
@@ -155,12 +152,12 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             next_page_token=page.next_page_token,
         )
 
-    @management(f"{SERVICE}.RevokeToken")
+    @management(SERVICE)
     async def RevokeToken(self, request: pb.RevokeTokenRequest, caller: Caller) -> pb.Token:
-        record = await self.runtime.run(self.runtime.service.revoke_token, caller, request.token_id)
+        record = await self.runtime.run(self.runtime.tokens.revoke_token, caller, request.token_id)
         self.runtime.validator.invalidate(record.token_id)
         return convert.token(record)
 
-    @public(f"{SERVICE}.Ping")
+    @public(SERVICE)
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
         return pb.PingResponse(payload=request.payload)

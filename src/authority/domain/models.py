@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import InvalidArgument, shown
 
 _ORG_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])")
 _PRINCIPAL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,127}")
@@ -73,7 +73,7 @@ def check_organization_name(name: str, field_name: str = "organization") -> str:
     if _ORG_NAME_RE.fullmatch(name) is None:
         raise InvalidArgument(
             field_name,
-            f"{name!r} is not an organisation name: use 2 to 63 lowercase letters, digits "
+            f"{shown(name)} is not an organisation name: use 2 to 63 lowercase letters, digits "
             "and dashes, starting and ending with a letter or digit",
         )
     return name
@@ -86,7 +86,17 @@ def check_principal_name(name: str, field_name: str = "principal") -> str:
     if _PRINCIPAL_NAME_RE.fullmatch(name) is None:
         raise InvalidArgument(
             field_name,
-            f"{name!r} is not a principal name: use lowercase letters, digits and . _ @ -, "
+            f"{shown(name)} is not a principal name: use lowercase letters, digits and . _ @ -, "
             "starting with a letter or digit, at most 128 characters",
         )
     return name
+
+
+def check_text(field_name: str, value: str, limit: int, multiline: bool = False) -> str:
+    """Length and no control characters (a NUL byte would not even store on PostgreSQL)."""
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"at most {limit} characters (got {len(value)})")
+    allowed = "\n\t" if multiline else ""
+    if any((ord(char) < 32 and char not in allowed) or char == "\x7f" for char in value):
+        raise InvalidArgument(field_name, "must not contain control characters")
+    return value

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import InvalidArgument, Reason
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -36,13 +36,21 @@ def decode(token: str, query: list[object]) -> int | str | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         stored_query, position = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as error:
-        raise InvalidArgument("page_token", "is not a page token from this service") from error
+        raise InvalidArgument(
+            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
+        ) from error
     if stored_query != query:
         raise InvalidArgument(
-            "page_token", "belongs to a different query: keep the other fields unchanged"
+            "page_token",
+            "belongs to a different query: keep the other fields unchanged",
+            Reason.PAGE_TOKEN_INVALID,
         )
     if isinstance(position, bool) or not isinstance(position, int | str):
-        raise InvalidArgument("page_token", "is not a page token from this service")
+        raise InvalidArgument(
+            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
+        )
     if isinstance(position, int) and not 0 <= position <= _MAX_POSITION:
-        raise InvalidArgument("page_token", "is not a page token from this service")
+        raise InvalidArgument(
+            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
+        )
     return position

@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import enum
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from authority.domain.models import Membership, Organization, Principal, Role, TokenRecord
+
+T = TypeVar("T")
+
+
+class Hold(enum.Enum):
+    """How a unit of work holds the organisation it acts in, until it commits.
+
+    The one locking protocol, decided here and applied by `access.authorize`: every unit of work
+    locks the organisation row first (then the bearer's token row, then what it changes), so
+    that the facts an invariant was checked on stay true until commit on every backend.
+    """
+
+    # Reads only: no lock (a read racing a change is answered from either side of it).
+    READ = "read"
+    # Adds to the organisation (IssueToken): shared, so issues run side by side, but never
+    # beside a change of who belongs to it.
+    ADD = "add"
+    # Changes who belongs or what is alive (members, roles, revocations): exclusive.
+    CHANGE = "change"
 
 
 class Transaction(Protocol):
     """One unit of work: everything done through it commits together or not at all."""
+
+    def lock_organization(self, name: str, hold: Hold) -> Organization | None:
+        """The organisation, locked as `hold` says (SELECT ... FOR SHARE / FOR UPDATE)."""
+        ...
+
+    def lock_token(self, token_id: str) -> TokenRecord | None:
+        """The token, locked against a concurrent revoke until commit (FOR SHARE)."""
+        ...
+
+    def lock_global(self) -> None:
+        """Serialise units of work that check an installation-wide invariant (the global
+        administrators' tokens, bootstrap)."""
+        ...
 
     def get_organization(self, name: str) -> Organization | None: ...
     def add_organization(self, organization: Organization) -> None: ...
@@ -46,9 +78,24 @@ class Transaction(Protocol):
         """Set revoked_at unless already set; the stored record afterwards."""
         ...
 
+    def revoke_tokens_of(self, organization: str, subject: str, at: datetime) -> list[str]:
+        """Revoke every live token of `subject` in `organization`; their ids."""
+        ...
+
+    def count_live_global_tokens(self, now: datetime) -> int:
+        """Global tokens of global administrators, neither revoked nor expired at `now`."""
+        ...
+
+    def get_fact(self, name: str) -> str | None: ...
+    def add_fact(self, name: str, value: str) -> None: ...
+
 
 class Store(Protocol):
-    """Opens transactions and serves the single read the Validate path needs."""
+    """Runs units of work and serves the single read the Validate path needs."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    def run(self, work: Callable[[Transaction], T]) -> T:
+        """Run `work` in one transaction and commit; a unit of work the database aborts for a
+        conflict (deadlock, serialisation failure) is run again, a bounded number of times."""
+        ...
+
     def get_token(self, token_id: str) -> TokenRecord | None: ...

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import InvalidArgument, shown
 
 UPLOAD = "upload"
 DOWNLOAD = "download"
@@ -58,7 +58,7 @@ def parse_scopes(requested: Iterable[str], profile: str | None) -> tuple[str, ..
     if not names:
         names.append("all")
     if len(names) > MAX_SCOPES:
-        raise InvalidArgument("scopes", f"at most {MAX_SCOPES} scopes per token")
+        raise InvalidArgument("scopes", f"at most {MAX_SCOPES} scopes per token (got {len(names)})")
     for raw in names:
         name = normalize(raw.strip())
         if name in PROFILES:
@@ -68,7 +68,7 @@ def parse_scopes(requested: Iterable[str], profile: str | None) -> tuple[str, ..
         else:
             raise InvalidArgument(
                 "scopes",
-                f"{raw!r} is not a scope: use a profile (all, upload-only, download-only), "
+                f"{shown(raw)} is not a scope: use a profile (all, upload-only, download-only), "
                 "a dotted method name such as environment.control.StopEnv, "
                 "a prefix wildcard such as environment.control.*, or *",
             )

@@ -93,6 +93,11 @@ def parse_token(value: str) -> ParsedToken | None:
     return ParsedToken(token_id, value)
 
 
+def display_hint(token_id: str) -> str:
+    """The first characters of a token's value: what others can recognise it by."""
+    return f"{PREFIX}{token_id}_"
+
+
 def is_token_id(value: str) -> bool:
     """Whether `value` has the shape of a public token id."""
     return _TOKEN_ID_RE.fullmatch(value) is not None
@@ -121,13 +126,21 @@ class SecretHasher:
         self._inner = hashlib.sha256(key.translate(_IPAD))
         self._outer = hashlib.sha256(key.translate(_OPAD))
 
-    def hash(self, token: ParsedToken) -> bytes:
-        """The keyed hash stored in place of the token value (HMAC-SHA256)."""
+    def _mac(self, message: bytes) -> bytes:
         inner = self._inner.copy()
-        inner.update(token.value.encode("ascii"))
+        inner.update(message)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+    def hash(self, token: ParsedToken) -> bytes:
+        """The keyed hash stored in place of the token value (HMAC-SHA256)."""
+        return self._mac(token.value.encode("ascii"))
+
+    def fingerprint(self) -> str:
+        """Identifies the pepper without revealing it (HMAC of a fixed label, hex): recorded
+        in the database so that a replica started with another pepper refuses to serve."""
+        return self._mac(b"authority.v1 pepper fingerprint").hex()
 
     def matches(self, token: ParsedToken, secret_hash: bytes) -> bool:
         """Constant-time comparison of the presented token with the stored hash."""

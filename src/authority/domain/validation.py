@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
 
+from authority.domain.errors import InvalidArgument
+from authority.domain.errors import Reason as ErrorReason
 from authority.domain.models import TokenRecord
 from authority.domain.scopes import PermissionMatcher, is_permission, normalize
 from authority.domain.token_format import ParsedToken, SecretHasher
@@ -38,6 +41,8 @@ class ValidationEntry:
     expires_at: datetime | None
     expires_ts: float
     revoked: bool
+    # Shown in Validate answers; shared with the record (an entry is never mutated).
+    properties: Mapping[str, str] = field(default_factory=dict, compare=False)
     # Answers already rendered (serialized) by the api layer, by reason. They live and die
     # with the entry, so an invalidated token can never be answered from a stale one.
     rendered: dict[Reason, bytes] = field(default_factory=dict, compare=False, repr=False)
@@ -57,6 +62,7 @@ class ValidationEntry:
             expires_at=record.expires_at,
             expires_ts=record.expires_at.timestamp() if record.expires_at else math.inf,
             revoked=record.revoked_at is not None,
+            properties=record.properties,
         )
 
 
@@ -140,3 +146,13 @@ def check(
         if not entry.matcher.allows(normalized):
             return Verdict(Reason.PERMISSION_DENIED, entry)
     return Verdict(Reason.OK, entry)
+
+
+def check_batch_size(count: int, limit: int) -> None:
+    """A ValidateBatch holds at most `limit` requests: split a larger one."""
+    if count > limit:
+        raise InvalidArgument(
+            "requests",
+            f"at most {limit} per call (got {count}); split it",
+            ErrorReason.BATCH_TOO_LARGE,
+        )

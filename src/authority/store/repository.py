@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from authority.domain.errors import AlreadyExists, Unavailable
+from authority.domain.errors import AlreadyExists, Reason, Unavailable
 from authority.domain.models import (
     Membership,
     Organization,
@@ -21,7 +23,16 @@ from authority.domain.models import (
     Role,
     TokenRecord,
 )
-from authority.store.schema import MembershipRow, OrganizationRow, PrincipalRow, TokenRow
+from authority.domain.ports import Hold, Transaction
+from authority.store.schema import FactRow, MembershipRow, OrganizationRow, PrincipalRow, TokenRow
+
+T = TypeVar("T")
+# SQLSTATEs of a transaction the database aborted to resolve a conflict; running it again is
+# the remedy (PostgreSQL: serialization_failure, deadlock_detected).
+_CONFLICTS = frozenset({"40001", "40P01"})
+# Any fixed number, as long as every process uses the same one: the key of the advisory lock
+# that serialises installation-wide invariants (`Transaction.lock_global`).
+_GLOBAL_LOCK_KEY = 0x70A7_4A11
 
 _TOKEN_COLUMNS = (
     TokenRow.token_id,
@@ -60,8 +71,17 @@ def _token_from_row(row: TokenRow | Row[*tuple[Any, ...]]) -> TokenRecord:
 
 
 def _unavailable(error: OperationalError) -> Unavailable:
-    reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+    # Only the exception's class: a driver's message can quote the statement's parameters.
+    reason = type(error.orig).__name__ if error.orig is not None else type(error).__name__
     return Unavailable(f"the token store is unavailable ({reason}); retry shortly")
+
+
+class _Conflict(Exception):
+    """The database aborted the unit of work to resolve a conflict; it may be run again."""
+
+
+def _is_conflict(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) in _CONFLICTS
 
 
 class SqlTransaction:
@@ -69,6 +89,28 @@ class SqlTransaction:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._postgres = session.get_bind().dialect.name == "postgresql"
+
+    # locks (SQLite needs none: its writers begin IMMEDIATE, one at a time)
+    def lock_organization(self, name: str, hold: Hold) -> Organization | None:
+        query = select(OrganizationRow).where(OrganizationRow.name == name)
+        if hold is Hold.ADD:
+            query = query.with_for_update(read=True)
+        elif hold is Hold.CHANGE:
+            query = query.with_for_update()
+        row = self._session.scalars(query.execution_options(populate_existing=True)).first()
+        return Organization(row.name, row.display_name, row.created_at) if row else None
+
+    def lock_token(self, token_id: str) -> TokenRecord | None:
+        query = select(*_TOKEN_COLUMNS).where(TokenRow.token_id == token_id)
+        row = self._session.execute(query.with_for_update(read=True)).first()
+        return _token_from_row(row) if row is not None else None
+
+    def lock_global(self) -> None:
+        if self._postgres:
+            self._session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _GLOBAL_LOCK_KEY}
+            )
 
     # organisations
     def get_organization(self, name: str) -> Organization | None:
@@ -208,6 +250,47 @@ class SqlTransaction:
             query = query.where(TokenRow.seq < before)
         return [(row.seq, _token_from_row(row)) for row in self._session.scalars(query)]
 
+    def revoke_tokens_of(self, organization: str, subject: str, at: datetime) -> list[str]:
+        # One statement: on PostgreSQL it sees every token committed before it began, and the
+        # organisation lock held by the caller keeps new ones out until commit.
+        result = self._session.execute(
+            update(TokenRow)
+            .where(
+                TokenRow.organization == organization,
+                TokenRow.subject == subject,
+                TokenRow.revoked_at.is_(None),
+            )
+            .values(revoked_at=at)
+            .returning(TokenRow.token_id)
+            .execution_options(synchronize_session=False)
+        )
+        revoked = sorted(result.scalars())
+        self._session.expire_all()
+        return revoked
+
+    def count_live_global_tokens(self, now: datetime) -> int:
+        query = (
+            select(func.count())
+            .select_from(TokenRow)
+            .join(PrincipalRow, PrincipalRow.name == TokenRow.subject)
+            .where(
+                TokenRow.organization.is_(None),
+                PrincipalRow.global_admin,
+                TokenRow.revoked_at.is_(None),
+                or_(TokenRow.expires_at.is_(None), TokenRow.expires_at > now),
+            )
+        )
+        return int(self._session.scalar(query) or 0)
+
+    # facts
+    def get_fact(self, name: str) -> str | None:
+        row = self._session.get(FactRow, name)
+        return row.value if row else None
+
+    def add_fact(self, name: str, value: str) -> None:
+        self._session.add(FactRow(name=name, value=value))
+        self._session.flush()
+
     def revoke_token(self, token_id: str, at: datetime) -> TokenRecord | None:
         self._session.execute(
             update(TokenRow)
@@ -226,6 +309,10 @@ class SqlStore:
     autocommit connection per worker thread: a pool checkout would cost more than the query.
     """
 
+    # How often a unit of work aborted for a conflict is run again before the caller is told
+    # to retry (UNAVAILABLE, STORE_CONTENDED).
+    attempts = 5
+
     def __init__(self, writer: Engine, reader: Engine) -> None:
         self._sessions = sessionmaker(writer, expire_on_commit=False)
         self._reader = reader
@@ -243,8 +330,24 @@ class SqlStore:
             except IntegrityError as error:
                 # Two callers raced for the same unique name: the loser hears it plainly.
                 raise AlreadyExists("it already exists (created concurrently)") from error
-            except OperationalError as error:
-                raise _unavailable(error) from error
+            except DBAPIError as error:
+                if _is_conflict(error):
+                    raise _Conflict from error
+                if isinstance(error, OperationalError):
+                    raise _unavailable(error) from error
+                raise
+
+    def run(self, work: Callable[[Transaction], T]) -> T:
+        """Run `work` as one unit of work; again, a bounded number of times, when the database
+        aborted it for a conflict (a deadlock between two lock orders it did not choose)."""
+        for attempt in range(self.attempts):
+            try:
+                with self.transaction() as tx:
+                    return work(tx)
+            except _Conflict:
+                # Back off a little, at random, so that the two sides do not meet again.
+                time.sleep((attempt + 1) * 0.005 * (1 + secrets.randbelow(100) / 100))
+        raise Unavailable("the token store stayed contended; retry shortly", Reason.STORE_CONTENDED)
 
     def _read_connection(self) -> Connection:
         connection: Connection | None = getattr(self._local, "connection", None)

@@ -106,3 +106,12 @@ class TokenRow(Base):
         Index("ix_tokens_organization_seq", "organization", "seq"),
         Index("ix_tokens_organization_subject_seq", "organization", "subject", "seq"),
     )
+
+
+class FactRow(Base):
+    """Installation-wide facts, e.g. the pepper's fingerprint (never the pepper)."""
+
+    __tablename__ = "facts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))

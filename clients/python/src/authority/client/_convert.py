@@ -136,6 +136,7 @@ def validation_result(response: pb.ValidateResponse) -> ValidationResult:
         subject=response.subject,
         scopes=tuple(response.scopes),
         expires_at=_datetime(response.expires_at) if response.HasField("expires_at") else None,
+        properties=dict(response.properties),
     )
 
 

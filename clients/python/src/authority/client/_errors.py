@@ -1,8 +1,9 @@
 """One exception hierarchy for every refused call, built from the gRPC status.
 
-The server sends a `google.rpc.Status` with rich details next to the plain status; for
-INVALID_ARGUMENT it names the offending fields in a `BadRequest`, which `InvalidArgument`
-exposes as `field_violations` so that callers can point at the field without parsing text.
+The server sends a `google.rpc.Status` with rich details next to the plain status: an
+`ErrorInfo` whose stable `reason` (e.g. `TOKEN_REVOKED`, `LAST_OWNER`) every exception exposes
+as `.reason`, so that callers branch on data rather than on message text; and for
+INVALID_ARGUMENT a `BadRequest` naming the offending fields, exposed as `field_violations`.
 """
 
 from __future__ import annotations
@@ -31,22 +32,26 @@ class AuthorityClientError(Exception):
 
     code: grpc.StatusCode
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        # The server's ErrorInfo reason (domain authority.v1); empty when it sent none.
+        self.reason = reason
 
 
 class InvalidArgument(AuthorityClientError):
-    """A request field is missing or malformed; `field_violations` name the fields."""
+    """A request field is missing or malformed; `field_violations` name the fields. Also a
+    ValidateBatch with more requests than the server takes (reason `BATCH_TOO_LARGE`)."""
 
     def __init__(
         self,
         code: grpc.StatusCode,
         message: str,
+        reason: str = "",
         field_violations: tuple[FieldViolation, ...] = (),
     ) -> None:
-        super().__init__(code, message)
+        super().__init__(code, message, reason)
         self.field_violations = field_violations
 
     @property
@@ -76,7 +81,7 @@ class FailedPrecondition(AuthorityClientError):
 
 
 class ResourceExhausted(AuthorityClientError):
-    """A limit was reached, e.g. too many tokens in one ValidateBatch."""
+    """A rate or quota limit was reached; retrying later may help."""
 
 
 class Unavailable(AuthorityClientError):
@@ -105,31 +110,42 @@ _BY_CODE: dict[grpc.StatusCode, type[AuthorityClientError]] = {
 }
 
 
+ERROR_DOMAIN = "authority.v1"
+
+
 def error_from_rpc(error: grpc.RpcError) -> AuthorityClientError:
     """The client exception for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     code = error.code()
     message = error.details() or code.name
+    reason, violations = _details(error)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(code, message, _field_violations(error))
-    return _BY_CODE.get(code, AuthorityClientError)(code, message)
+        return InvalidArgument(code, message, reason, violations)
+    return _BY_CODE.get(code, AuthorityClientError)(code, message, reason)
 
 
-def _field_violations(error: Any) -> tuple[FieldViolation, ...]:
+def _details(error: Any) -> tuple[str, tuple[FieldViolation, ...]]:
+    """The ErrorInfo reason and the BadRequest field violations of the rich status."""
     # Both sync errors and AioRpcError offer code(), details() and trailing_metadata(),
     # which is all from_call reads. A status it cannot parse is no reason to hide the error.
     try:
         status: status_pb2.Status | None = rpc_status.from_call(error)
     except ValueError:
-        return ()
+        return "", ()
     if status is None:
-        return ()
+        return "", ()
+    reason = ""
     violations: list[FieldViolation] = []
     for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             violations.extend(
                 FieldViolation(item.field, item.description)
                 for item in bad_request.field_violations
             )
-    return tuple(violations)
+    return reason, tuple(violations)

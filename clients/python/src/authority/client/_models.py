@@ -63,6 +63,8 @@ class ValidationResult:
     subject: str = ""
     scopes: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    # The token's properties as given when it was issued.
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
