@@ -147,11 +147,12 @@ Token Authority is starting on {listen} (Ctrl-C stops it).
 The administrator token is in {token_file}. In another terminal, paste:
 
   {grpcurl} -plaintext {listen} list
+  ORG="acme-$(date +%s)"   # a new organisation each time you paste these lines
   {grpcurl} -plaintext -H "authorization: Bearer {token}" \\
-    -d '{{"name": "acme", "display_name": "Acme Inc."}}' \\
+    -d "{{\\"name\\": \\"$ORG\\", \\"display_name\\": \\"Acme Inc.\\"}}" \\
     {listen} authority.v1.Admin/CreateOrganization
   {grpcurl} -plaintext -H "authorization: Bearer {token}" \\
-    -d '{{"organization": "acme", "label": "ci-download", "scopes": ["download-only"]}}' \\
+    -d "{{\\"organization\\": \\"$ORG\\", \\"scopes\\": [\\"download-only\\"]}}" \\
     {listen} authority.v1.TokenAuthority/IssueToken
 
 README.md has the whole session.

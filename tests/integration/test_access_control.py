@@ -47,6 +47,11 @@ def assert_same_refusal(
     )
 
 
+def checksum_broken(secret: str) -> str:
+    """The token with its last (checksum) character changed: always a different character."""
+    return secret[:-1] + ("y" if secret.endswith("x") else "x")
+
+
 # -- authentication --------------------------------------------------------------------------
 
 
@@ -71,7 +76,7 @@ def test_every_management_call_without_credentials_is_unauthenticated(
         pytest.param(lambda secret: "Bearer    ", id="blank-credential"),
         pytest.param(lambda secret: "Bearer garbage", id="garbage"),
         pytest.param(lambda secret: f"Bearer {secret[:-1]}", id="truncated"),
-        pytest.param(lambda secret: f"Bearer {secret[:-1]}x", id="checksum-broken"),
+        pytest.param(lambda secret: f"Bearer {checksum_broken(secret)}", id="checksum-broken"),
         pytest.param(lambda secret: f"Bearer {new_token().value}", id="never-issued"),
     ],
 )
@@ -86,6 +91,28 @@ def test_malformed_or_unknown_bearer_is_unauthenticated(
         pb.ListTokensRequest(organization=org),
         (("authorization", header(admin_token)),),
     )
+
+
+def test_a_bearer_whose_checksum_is_broken_is_unauthenticated_whatever_it_ends_with(
+    server: ServerHandle, admin_token: str, org: str
+) -> None:
+    # A real bearer of each kind of ending: one ending in "x" (1 token in 62) and one not.
+    keys = {}
+    for _ in range(2000):
+        key = make_org_key(server, admin_token, org, list(MANAGE_SCOPES))
+        keys.setdefault(key.secret.endswith("x"), key.secret)
+        if len(keys) == 2:
+            break
+    assert set(keys) == {True, False}, "no issued token ended in x in 2000 tries"
+
+    for secret in keys.values():
+        assert checksum_broken(secret) != secret
+        refused(
+            UNAUTHENTICATED,
+            server.tokens.ListTokens,
+            pb.ListTokensRequest(organization=org),
+            (("authorization", f"Bearer {checksum_broken(secret)}"),),
+        )
 
 
 def test_bearer_with_the_right_id_but_a_wrong_secret_is_unauthenticated(

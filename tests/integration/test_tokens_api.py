@@ -562,8 +562,35 @@ def test_validate_stream_answers_every_request_with_its_request_id(
     ]
 
 
+def test_a_request_id_is_bounded_in_every_form_of_validate(
+    server: ServerHandle, auth: Metadata, org: str
+) -> None:
+    """It is echoed back, so it is bounded like every input that comes back out."""
+    issued = issue(server, auth, org)
+    longest = pb.ValidateRequest(token=issued.secret, request_id="r" * 256)
+    too_long = pb.ValidateRequest(token=issued.secret, request_id="r" * 257)
+
+    assert server.tokens.Validate(longest).request_id == "r" * 256
+    invalid_argument("request_id", server.tokens.Validate, too_long)
+    invalid_argument(
+        "request_id",
+        server.tokens.ValidateBatch,
+        pb.ValidateBatchRequest(requests=[longest, too_long]),
+    )
+    with pytest.raises(grpc.RpcError) as stream_error:
+        list(server.tokens.ValidateStream(iter([longest, too_long])))
+    assert stream_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in stream_error.value.details()
+    assert "r" * 257 not in stream_error.value.details()
+
+
 def test_ping_echoes_its_payload_without_credentials(server: ServerHandle) -> None:
     assert server.tokens.Ping(pb.PingRequest(payload="x" * 100)).payload == "x" * 100
+
+
+def test_ping_echoes_a_bounded_payload_only(server: ServerHandle) -> None:
+    assert server.tokens.Ping(pb.PingRequest(payload="x" * 4096)).payload == "x" * 4096
+    invalid_argument("payload", server.tokens.Ping, pb.PingRequest(payload="x" * 4097))
 
 
 # -- GetToken --------------------------------------------------------------------------------

@@ -438,14 +438,33 @@ def test_malformed_tokens_never_reach_the_cache_or_the_store(
 # -- GetCacheStats ---------------------------------------------------------------------------
 
 
-def test_cache_stats_report_the_configured_bound_and_start_from_nothing(
-    deployment: Deployment, admin_token: str
+def test_cache_stats_start_from_nothing_and_the_entry_bound_holds_on_the_server(
+    deployment: Deployment, auth: Metadata, admin_token: str
 ) -> None:
-    with serve(deployment.database_url, cache_max_entries=1234) as server:
-        stats = cache_stats(server, admin_token)
+    bound = 3
+    with serve(deployment.database_url, cache_max_entries=bound) as server:
+        # The only lookup so far is this call's own bearer, read from the store and now cached.
+        start = cache_stats(server, admin_token)
+        org = make_org(server, admin_token)
+        issued = [issue(server, auth, org, scopes=["download-only"]) for _ in range(bound + 2)]
+        sizes = []
+        for token in issued:
+            assert validate(server, token.secret, "download").valid
+            sizes.append(cache_stats(server, admin_token).size)
+        before = cache_stats(server, admin_token)
+        newest = validate(server, issued[-1].secret, "download")
+        oldest = validate(server, issued[0].secret, "download")
+        after = cache_stats(server, admin_token)
 
-    # The only lookup so far is this call's own bearer, read from the store and now cached.
-    assert stats == admin_pb2.CacheStats(misses=1, store_reads=1, size=1, max_entries=1234)
+    assert start == admin_pb2.CacheStats(misses=1, store_reads=1, size=1, max_entries=bound)
+    assert sizes == [2, 3, 3, 3, 3]  # the bearer and the tokens, never more than the bound
+    # Nothing was invalidated, so every entry read from the store is either held or evicted.
+    assert (before.size, before.max_entries) == (bound, bound)
+    assert before.evictions > 0
+    assert before.size + before.evictions == before.store_reads
+    # The least recently used went first: the newest token is a hit, the oldest a store read.
+    assert newest.valid and oldest.valid
+    assert cache_activity(before, after) == counted(hits=1, misses=1, store_reads=1, evictions=1)
 
 
 @pytest.mark.parametrize("role", ["owner", "admin", "member"])

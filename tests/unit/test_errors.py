@@ -72,6 +72,7 @@ def test_a_bad_field_names_itself_and_a_long_message_is_cut() -> None:
         "A" * 40,  # a long run of letters and digits could be another system's secret
         "tka_short",
     ],
+    ids=["a-token", "a-token-in-text", "a-long-alphanumeric-run", "a-tka-prefix"],
 )
 def test_nothing_shaped_like_a_secret_is_quoted_back(value: str) -> None:
     assert value not in shown(value)

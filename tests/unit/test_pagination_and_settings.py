@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from authority.domain import pagination
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import InvalidArgument, Reason
 from authority.settings import Settings, SettingsError
 
 QUERY: list[object] = ["acme", None, False]
@@ -49,13 +49,13 @@ def test_a_negative_page_size_is_refused() -> None:
 
 
 def test_an_empty_page_token_means_the_first_page() -> None:
-    assert pagination.decode("", QUERY) is None
+    assert pagination.decode("", QUERY, int) is None
 
 
 @pytest.mark.parametrize("position", [0, 17, 2**53, "acme", "name with spaces/ü"])
 def test_a_page_token_round_trips_its_position(position: int | str) -> None:
     token = pagination.encode(QUERY, position)
-    assert pagination.decode(token, list(QUERY)) == position
+    assert pagination.decode(token, list(QUERY), type(position)) == position
 
 
 def test_a_page_token_is_url_safe_and_unpadded() -> None:
@@ -70,7 +70,7 @@ def test_a_page_token_is_url_safe_and_unpadded() -> None:
 def test_a_page_token_of_another_query_is_refused(other_query: list[object]) -> None:
     token = pagination.encode(QUERY, 17)
     with pytest.raises(InvalidArgument) as refused:
-        pagination.decode(token, other_query)
+        pagination.decode(token, other_query, int)
     assert refused.value.field == "page_token"
 
 
@@ -93,6 +93,8 @@ def tampered_tokens() -> list[str]:
         forged([QUERY, None]),
         forged([QUERY, [17]]),
         forged([QUERY, {"seq": 17}]),
+        forged([QUERY, "17"]),  # text where the query's position is a number
+        forged([QUERY, True]),
         "\u00e9t\u00e9" * 4,
     ]
 
@@ -100,8 +102,14 @@ def tampered_tokens() -> list[str]:
 @pytest.mark.parametrize("token", tampered_tokens())
 def test_a_tampered_or_garbage_page_token_is_refused(token: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
-        pagination.decode(token, QUERY)
+        pagination.decode(token, QUERY, int)
     assert refused.value.field == "page_token"
+    assert refused.value.reason is Reason.PAGE_TOKEN_INVALID
+
+
+def test_a_position_of_the_wrong_type_is_refused_for_text_positions_too() -> None:
+    with pytest.raises(InvalidArgument):
+        pagination.decode(pagination.encode(QUERY, 17), QUERY, str)
 
 
 # -- settings ---------------------------------------------------------------------------------

@@ -413,9 +413,29 @@ def test_invalidate_makes_the_next_validate_re_read_a_cached_token() -> None:
     assert len(setup.store.loads) == 2
 
 
-@pytest.mark.parametrize("max_entries", [1, 100])
-def test_stats_report_the_configured_bound(max_entries: int) -> None:
-    assert make(max_entries=max_entries).validator.stats().max_entries == max_entries
+@pytest.mark.parametrize("max_entries", [1, 3, 100])
+def test_the_entry_bound_holds_and_every_entry_beyond_it_is_counted_as_evicted(
+    max_entries: int,
+) -> None:
+    setup = make(max_entries=max_entries)
+    tokens = [setup.store.issue(setup.clock) for _ in range(max_entries + 5)]
+    for count, token in enumerate(tokens, start=1):
+        assert validate(setup, token) is Reason.OK
+        stats = setup.validator.stats()
+        assert (stats.size, stats.evictions) == (
+            min(count, max_entries),
+            max(0, count - max_entries),
+        ), count
+    assert stats.max_entries == max_entries
+
+    # The newest `max_entries` tokens are the ones held; the first one was evicted.
+    setup.store.loads.clear()
+    for token in tokens[-max_entries:]:
+        assert validate(setup, token) is Reason.OK
+    assert setup.store.loads == []
+    assert validate(setup, tokens[0]) is Reason.OK
+    assert setup.store.loads == [tokens[0].token_id]
+    assert setup.validator.stats().size == max_entries
 
 
 def test_validate_now_answers_hits_and_known_absent_ids_and_defers_the_rest() -> None:

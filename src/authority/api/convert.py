@@ -13,7 +13,7 @@ from authority.domain.errors import InvalidArgument, shown
 from authority.domain.models import Membership, Organization, Principal, PrincipalKind, Role
 from authority.domain.models import TokenRecord as DomainToken
 from authority.domain.token_format import display_hint
-from authority.domain.validation import Reason, Verdict
+from authority.domain.validation import Reason, Verdict, check_request_id
 from authority.v1 import admin_pb2, token_authority_pb2
 
 PROFILE_NAMES: dict[int, str | None] = {
@@ -159,6 +159,7 @@ def rendered_verdict(result: Verdict, request_id: str) -> bytes:
         body = cached
     if not request_id:
         return body
+    check_request_id(request_id)
     raw = request_id.encode()
     return body + _REQUEST_ID_TAG + _varint(len(raw)) + raw
 

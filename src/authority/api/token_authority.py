@@ -12,7 +12,11 @@ from authority.api.errors import Context, fail, log_call, management, public
 from authority.api.runtime import Runtime
 from authority.domain.policy import Caller
 from authority.domain.tokens import IssueTokenCommand
-from authority.domain.validation import check_batch_size
+from authority.domain.validation import (
+    check_batch_size,
+    check_ping_payload,
+    check_request_id,
+)
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 
@@ -96,6 +100,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             try:
                 async for item in request_iterator:
                     count += 1
+                    check_request_id(item.request_id)  # before a read could swallow it
                     verdict = validator.validate_now(item.token, item.permission)
                     if verdict is not None:
                         await answers.put(convert.verdict(verdict, item.request_id))
@@ -160,4 +165,5 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
 
     @public(SERVICE)
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
+        check_ping_payload(request.payload)
         return pb.PingResponse(payload=request.payload)

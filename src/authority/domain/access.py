@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from authority.domain import policy
 from authority.domain.clock import Clock
-from authority.domain.errors import NotFound, Reason, Unauthenticated
+from authority.domain.errors import NotFound, Reason, Unauthenticated, shown
 from authority.domain.policy import Actor, Caller, Standing
 from authority.domain.ports import Hold, Transaction
 from authority.domain.validation import ValidationEntry
@@ -29,7 +29,7 @@ def caller_from_entry(entry: ValidationEntry) -> Caller:
 
 def organization_not_found(organization: str) -> NotFound:
     """Worded the same whether it does not exist or the caller has no standing there."""
-    return NotFound(f"organization {organization!r} not found", Reason.ORGANIZATION_NOT_FOUND)
+    return NotFound(f"organization {shown(organization)} not found", Reason.ORGANIZATION_NOT_FOUND)
 
 
 class Access:

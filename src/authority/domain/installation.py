@@ -7,7 +7,7 @@ the proof of authority, as it is for any operator who could edit the tables by h
 from __future__ import annotations
 
 from authority.domain.clock import Clock
-from authority.domain.errors import AlreadyExists, FailedPrecondition, NotFound, Reason
+from authority.domain.errors import AlreadyExists, FailedPrecondition, NotFound, Reason, shown
 from authority.domain.models import Principal, PrincipalKind, TokenRecord, check_principal_name
 from authority.domain.ports import Store, Transaction
 from authority.domain.token_format import SecretHasher, new_token
@@ -61,7 +61,7 @@ class Installation:
                     Reason.ALREADY_BOOTSTRAPPED,
                 )
             if tx.get_principal(name) is not None:
-                raise AlreadyExists(f"principal {name!r} already exists")
+                raise AlreadyExists(f"principal {shown(name)} already exists")
             tx.add_principal(Principal(name, PrincipalKind.USER, True, self._clock()))
             return self._global_token(tx, name, "bootstrap", "first global administrator")
 
@@ -80,7 +80,7 @@ class Installation:
             principal = tx.get_principal(name)
             if principal is None or not principal.global_admin:
                 raise NotFound(
-                    f"{name!r} is not a global administrator of this installation "
+                    f"{shown(name)} is not a global administrator of this installation "
                     "(see `authority bootstrap` for a new installation)",
                     Reason.PRINCIPAL_NOT_FOUND,
                 )

@@ -11,6 +11,7 @@ from authority.domain.errors import (
     InvalidArgument,
     NotFound,
     Reason,
+    shown,
 )
 from authority.domain.models import (
     Membership,
@@ -48,7 +49,7 @@ class OrganizationService:
         def work(tx: Transaction) -> Organization:
             self._access.authorize_global(tx, caller, "create organisations")
             if tx.get_organization(name) is not None:
-                raise AlreadyExists(f"organization {name!r} already exists")
+                raise AlreadyExists(f"organization {shown(name)} already exists")
             tx.add_organization(organization)
             return organization
 
@@ -71,8 +72,8 @@ class OrganizationService:
                     except NotFound:
                         pass
             query: list[object] = ["organizations", only]
-            after = pagination.decode(page_token, query)
-            rows = tx.list_organizations(only, after if isinstance(after, str) else None, limit + 1)
+            after = pagination.decode(page_token, query, str)
+            rows = tx.list_organizations(only, after, limit + 1)
             next_token = pagination.encode(query, rows[limit - 1].name) if len(rows) > limit else ""
             return Page(rows[:limit], next_token)
 
@@ -88,7 +89,7 @@ class OrganizationService:
         def work(tx: Transaction) -> Principal:
             self._access.authorize_global(tx, caller, "create principals")
             if tx.get_principal(name) is not None:
-                raise AlreadyExists(f"principal {name!r} already exists")
+                raise AlreadyExists(f"principal {shown(name)} already exists")
             tx.add_principal(principal)
             return principal
 
@@ -110,7 +111,7 @@ class OrganizationService:
             policy.may_change_membership(actor, organization, current, role)
             if tx.get_principal(principal) is None:
                 raise NotFound(
-                    f"principal {principal!r} not found; create it first",
+                    f"principal {shown(principal)} not found; create it first",
                     Reason.PRINCIPAL_NOT_FOUND,
                 )
             if current is Role.OWNER and role is not Role.OWNER:
@@ -135,7 +136,7 @@ class OrganizationService:
             policy.may_change_membership(actor, organization, current, None)
             if current is None:
                 raise NotFound(
-                    f"principal {principal!r} is not a member of {organization!r}",
+                    f"principal {shown(principal)} is not a member of {shown(organization)}",
                     Reason.NOT_A_MEMBER,
                 )
             if current is Role.OWNER:
@@ -161,6 +162,6 @@ def _keep_an_owner(tx: Transaction, organization: str) -> None:
     owners = [m for m in tx.list_members(organization) if m.role is Role.OWNER]
     if len(owners) <= 1:
         raise FailedPrecondition(
-            f"{organization!r} would have no owner left: make another member owner first",
+            f"{shown(organization)} would have no owner left: make another member owner first",
             Reason.LAST_OWNER,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import TypeVar
 
 from authority.domain.errors import InvalidArgument, Reason
 
@@ -28,29 +29,33 @@ def encode(query: list[object], position: int | str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(token: str, query: list[object]) -> int | str | None:
-    """The position a page token resumes from; None for the first page."""
+P = TypeVar("P", int, str)
+
+
+def _forged() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
+    )
+
+
+def decode(token: str, query: list[object], kind: type[P]) -> P | None:
+    """The position (of type `kind`) a page token resumes from; None for the first page."""
     if not token:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         stored_query, position = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as error:
-        raise InvalidArgument(
-            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
-        ) from error
+        raise _forged() from error
     if stored_query != query:
         raise InvalidArgument(
             "page_token",
             "belongs to a different query: keep the other fields unchanged",
             Reason.PAGE_TOKEN_INVALID,
         )
-    if isinstance(position, bool) or not isinstance(position, int | str):
-        raise InvalidArgument(
-            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
-        )
+    # bool is an int to Python, and never a position.
+    if type(position) is not kind:
+        raise _forged()
     if isinstance(position, int) and not 0 <= position <= _MAX_POSITION:
-        raise InvalidArgument(
-            "page_token", "is not a page token from this service", Reason.PAGE_TOKEN_INVALID
-        )
+        raise _forged()
     return position

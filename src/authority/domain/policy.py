@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from authority.domain.errors import NotFound, PermissionDenied, Reason
+from authority.domain.errors import NotFound, PermissionDenied, Reason, shown
 from authority.domain.models import Role
 from authority.domain.scopes import PermissionMatcher
 
@@ -119,7 +119,7 @@ def may_issue(
             Reason.ROLE_TOO_LOW,
         )
     if conferred(subject, subject_role) > actor.standing:
-        what = f"principal {subject!r} ({subject_role})" if subject else "an organisation key"
+        what = f"principal {shown(subject)} ({subject_role})" if subject else "an organisation key"
         raise PermissionDenied(
             f"cannot issue a token for {what}: it would stand above the calling token "
             f"({actor.standing.name.lower()}); ask an owner",
@@ -210,5 +210,5 @@ def may_change_membership(
             Reason.ROLE_TOO_LOW,
         )
     raise PermissionDenied(
-        f"members of {organization!r} may not manage its members", Reason.ROLE_TOO_LOW
+        f"members of {shown(organization)} may not manage its members", Reason.ROLE_TOO_LOW
     )

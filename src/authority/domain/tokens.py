@@ -76,7 +76,7 @@ class Page(Generic[T]):
 
 def token_not_found(token_id: str) -> NotFound:
     """Worded the same whether the token does not exist or is hidden from the caller."""
-    return NotFound(f"token {token_id!r} not found", Reason.TOKEN_NOT_FOUND)
+    return NotFound(f"token {shown(token_id)} not found", Reason.TOKEN_NOT_FOUND)
 
 
 class TokenService:
@@ -106,8 +106,8 @@ class TokenService:
                 subject_role = tx.get_role(organization, subject) if subject else None
                 if subject and subject_role is None:
                     raise FailedPrecondition(
-                        f"principal {subject!r} is not a member of organization "
-                        f"{organization!r}; add it with Admin/AddMember first",
+                        f"principal {shown(subject)} is not a member of organization "
+                        f"{shown(organization)}; add it with Admin/AddMember first",
                         Reason.SUBJECT_NOT_A_MEMBER,
                     )
                 policy.may_issue(actor, subject or None, subject_role, scopes)
@@ -145,7 +145,7 @@ class TokenService:
         principal = tx.get_principal(owner)
         if principal is None or not principal.global_admin:
             raise FailedPrecondition(
-                f"principal {owner!r} is not a global administrator; a global token can act "
+                f"principal {shown(owner)} is not a global administrator; a global token can act "
                 "only for one (set organization to issue an organisation token)",
                 Reason.SUBJECT_NOT_A_MEMBER,
             )
@@ -203,14 +203,8 @@ class TokenService:
             actor = self._access.authorize(tx, caller, organization, Hold.READ)
             subject = policy.listed_subject(actor)
             query: list[object] = [organization, subject, include_revoked]
-            before = pagination.decode(page_token, query)
-            rows = tx.list_tokens(
-                organization,
-                subject,
-                include_revoked,
-                before if isinstance(before, int) else None,
-                limit + 1,
-            )
+            before = pagination.decode(page_token, query, int)
+            rows = tx.list_tokens(organization, subject, include_revoked, before, limit + 1)
             next_token = pagination.encode(query, rows[limit - 1][0]) if len(rows) > limit else ""
             return Page([record for _, record in rows[:limit]], next_token)
 
@@ -269,8 +263,8 @@ def _check_properties(properties: Mapping[str, str]) -> dict[str, str]:
             )
         if len(value) > MAX_PROPERTY_VALUE:
             raise InvalidArgument(
-                "properties", f"value of {key!r}: at most {MAX_PROPERTY_VALUE} characters"
+                "properties", f"value of {shown(key)}: at most {MAX_PROPERTY_VALUE} characters"
             )
         if "\x00" in value:
-            raise InvalidArgument("properties", f"value of {key!r} must not contain NUL")
+            raise InvalidArgument("properties", f"value of {shown(key)} must not contain NUL")
     return dict(properties)

@@ -156,3 +156,27 @@ def check_batch_size(count: int, limit: int) -> None:
             f"at most {limit} per call (got {count}); split it",
             ErrorReason.BATCH_TOO_LARGE,
         )
+
+
+# A request_id is echoed back in the answer: bounded, like every input that comes back out.
+MAX_REQUEST_ID = 256
+
+
+def check_request_id(request_id: str) -> None:
+    """A request_id is a caller's correlation key, at most MAX_REQUEST_ID characters."""
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument(
+            "request_id", f"at most {MAX_REQUEST_ID} characters (got {len(request_id)})"
+        )
+
+
+# Ping echoes its padding (the benchmark's baseline carries a Validate's worth of bytes).
+MAX_PING_PAYLOAD = 4096
+
+
+def check_ping_payload(payload: str) -> None:
+    """Ping's padding is echoed back: bounded like every input that comes back out."""
+    if len(payload) > MAX_PING_PAYLOAD:
+        raise InvalidArgument(
+            "payload", f"at most {MAX_PING_PAYLOAD} characters (got {len(payload)})"
+        )
