@@ -15,9 +15,8 @@ from tests.harness import (
     PEPPER_HEX,
     ServerHandle,
     bootstrap_admin,
-    create_postgres_database,
     create_sqlite_database,
-    drop_postgres_database,
+    new_database,
     serve,
 )
 
@@ -46,14 +45,15 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A migrated database shared by the tests of one worker; names are made unique per test."""
-    if request.param == "sqlite":
-        yield create_sqlite_database(tmp_path_factory.mktemp("sqlite"))
-        return
-    url = create_postgres_database()
-    try:
+    with new_database(request.param, tmp_path_factory.mktemp(request.param)) as url:
         yield url
-    finally:
-        drop_postgres_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def blank_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of one test's own, with nothing in it, on each backend."""
+    with new_database(request.param, tmp_path) as url:
+        yield url
 
 
 @dataclass

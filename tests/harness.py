@@ -91,6 +91,19 @@ def bootstrap_admin(database_url: str, name: str = "admin") -> str:
         store.dispose()
 
 
+@contextmanager
+def new_database(backend: str, directory: Path) -> Iterator[str]:
+    """A fresh migrated database on `backend` (sqlite or postgres), dropped afterwards."""
+    if backend == "sqlite":
+        yield create_sqlite_database(directory)
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
 def create_sqlite_database(directory: Path) -> str:
     url = f"sqlite:///{directory / 'authority.db'}"
     migrate(url)

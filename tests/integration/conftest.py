@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from authority.v1 import token_authority_pb2 as pb
 from tests.conftest import Deployment
-from tests.harness import ManualClock, ServerHandle, bearer, serve
-from tests.integration.helpers import Metadata, make_org
+from tests.harness import ManualClock, ServerHandle, bearer, bootstrap_admin, serve
+from tests.integration.helpers import Credential, Metadata, make_org, validate
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,27 @@ def uncached(deployment: Deployment) -> Iterator[ServerHandle]:
     """A server with the cache off (every Validate reads the store), same database."""
     with serve(deployment.database_url, cache_max_entries=0) as server:
         yield server
+
+
+@dataclass
+class Fresh:
+    """A server on a database of its own, whose global administrator a test may lock out."""
+
+    database_url: str
+    server: ServerHandle
+    admin: Credential
+
+
+@pytest.fixture
+def fresh(blank_database: str) -> Iterator[Fresh]:
+    """A bootstrapped server on a blank database (each backend), for installation-wide tests."""
+    secret = bootstrap_admin(blank_database)
+    with serve(blank_database) as server:
+        token_id = validate(server, secret).token_id
+        token = server.tokens.GetToken(
+            pb.GetTokenRequest(token_id=token_id), metadata=bearer(secret)
+        )
+        yield Fresh(blank_database, server, Credential(secret, token_id, token))
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,18 +24,14 @@ from google.protobuf.duration_pb2 import Duration
 from authority.domain.token_format import SCANNER_REGEX
 from authority.v1 import admin_pb2, token_authority_pb2_grpc
 from authority.v1 import token_authority_pb2 as pb
-from tests.conftest import BACKENDS
 from tests.harness import (
     PEPPER_HEX,
     ServerHandle,
     bearer,
-    bootstrap_admin,
-    create_postgres_database,
-    create_sqlite_database,
-    drop_postgres_database,
     serve,
     unique,
 )
+from tests.integration.conftest import Fresh
 from tests.integration.helpers import (
     Credential,
     credential,
@@ -51,39 +46,6 @@ TOKEN_RE = re.compile(SCANNER_REGEX)
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 # A refusing command exits within this; a healthy `serve` logs `serving` within it.
 QUICK_SECONDS = 15.0
-
-
-@pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated database of this test's own, with nothing in it."""
-    if request.param == "sqlite":
-        yield create_sqlite_database(tmp_path)
-        return
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
-
-
-@dataclass
-class Fresh:
-    """A server on a database of its own, and its bootstrap administrator's token."""
-
-    database_url: str
-    server: ServerHandle
-    admin: Credential
-
-
-@pytest.fixture
-def fresh(database: str) -> Iterator[Fresh]:
-    secret = bootstrap_admin(database)
-    with serve(database) as server:
-        token_id = validate(server, secret).token_id
-        token = server.tokens.GetToken(
-            pb.GetTokenRequest(token_id=token_id), metadata=bearer(secret)
-        )
-        yield Fresh(database, server, Credential(secret, token_id, token))
 
 
 def environment(database_url: str, pepper_hex: str = PEPPER_HEX) -> dict[str, str]:
@@ -166,14 +128,14 @@ def can_create_an_organization(server: ServerHandle, token: str) -> bool:
 
 
 def test_serve_refuses_a_database_first_used_with_another_pepper_and_starts_with_its_own(
-    database: str, tmp_path: Path
+    blank_database: str, tmp_path: Path
 ) -> None:
-    with serve(database):  # first use: records PEPPER_HEX's fingerprint
+    with serve(blank_database):  # first use: records PEPPER_HEX's fingerprint
         pass
 
     started = time.monotonic()
     completed = authority(
-        tmp_path, database, "serve", "--listen", "127.0.0.1:0", pepper_hex=OTHER_PEPPER_HEX
+        tmp_path, blank_database, "serve", "--listen", "127.0.0.1:0", pepper_hex=OTHER_PEPPER_HEX
     )
 
     assert completed.returncode != 0, completed.stderr
@@ -185,7 +147,7 @@ def test_serve_refuses_a_database_first_used_with_another_pepper_and_starts_with
     # With the pepper the database was first used with, it serves.
     process = subprocess.Popen(
         [sys.executable, "-m", "authority", "serve", "--listen", "127.0.0.1:0"],
-        env=environment(database),
+        env=environment(blank_database),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -227,20 +189,22 @@ def _wait_for_serving(process: subprocess.Popen[str], seen: list[str]) -> str:
 
 
 def test_bootstrap_and_break_glass_refuse_another_pepper_and_change_nothing(
-    database: str, tmp_path: Path
+    blank_database: str, tmp_path: Path
 ) -> None:
-    with serve(database):
+    with serve(blank_database):
         pass
 
     for command in ("bootstrap", "break-glass"):
-        completed = authority(tmp_path, database, command, "--quiet", pepper_hex=OTHER_PEPPER_HEX)
+        completed = authority(
+            tmp_path, blank_database, command, "--quiet", pepper_hex=OTHER_PEPPER_HEX
+        )
         assert completed.returncode != 0, (command, completed.stdout)
         assert "AUTHORITY_PEPPER_HEX" in completed.stderr, (command, completed.stderr)
         assert TOKEN_RE.search(completed.stdout) is None
         assert TOKEN_RE.search(completed.stderr) is None
 
     # The refused bootstrap created nobody: the right pepper still bootstraps.
-    completed = authority(tmp_path, database, "bootstrap", "--quiet")
+    completed = authority(tmp_path, blank_database, "bootstrap", "--quiet")
     assert completed.returncode == 0, completed.stderr
     assert TOKEN_RE.fullmatch(completed.stdout.strip())
 

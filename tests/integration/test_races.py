@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -28,16 +27,12 @@ from grpc_status import rpc_status
 
 from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
-from tests.conftest import BACKENDS, Deployment
+from tests.conftest import Deployment
 from tests.harness import (
     ServerHandle,
     bearer,
-    bootstrap_admin,
-    create_postgres_database,
-    create_sqlite_database,
-    drop_postgres_database,
-    serve,
 )
+from tests.integration.conftest import Fresh
 from tests.integration.helpers import (
     MANAGE_SCOPES,
     ROLES,
@@ -376,33 +371,6 @@ def test_an_organisation_keeps_an_owner_when_its_last_two_owners_lose_it_concurr
 
 
 # -- 3. the last two live global-administrator tokens revoked at once --------------------------
-
-
-@dataclass
-class Fresh:
-    """A server on a database of its own, whose global administrator tests may lock out."""
-
-    server: ServerHandle
-    admin: Credential
-
-
-@pytest.fixture(params=BACKENDS)
-def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fresh]:
-    if request.param == "sqlite":
-        url = create_sqlite_database(tmp_path)
-    else:
-        url = create_postgres_database()
-    try:
-        secret = bootstrap_admin(url)
-        with serve(url) as server:
-            token_id = validate(server, secret).token_id
-            token = server.tokens.GetToken(
-                pb.GetTokenRequest(token_id=token_id), metadata=bearer(secret)
-            )
-            yield Fresh(server, Credential(secret, token_id, token))
-    finally:
-        if request.param != "sqlite":
-            drop_postgres_database(url)
 
 
 def issue_global_token(server: ServerHandle, issuer: Credential) -> Credential:
