@@ -94,6 +94,7 @@ def tampered_tokens() -> list[str]:
         forged([QUERY, [17]]),
         forged([QUERY, {"seq": 17}]),
         forged([QUERY, "17"]),  # text where the query's position is a number
+        base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode(),  # deeper than json parses
         forged([QUERY, True]),
         "\u00e9t\u00e9" * 4,
     ]
@@ -107,9 +108,10 @@ def test_a_tampered_or_garbage_page_token_is_refused(token: str) -> None:
     assert refused.value.reason is Reason.PAGE_TOKEN_INVALID
 
 
-def test_a_position_of_the_wrong_type_is_refused_for_text_positions_too() -> None:
+@pytest.mark.parametrize("position", [17, "nul\x00inside", "x" * 257])
+def test_a_text_position_is_a_short_name(position: int | str) -> None:
     with pytest.raises(InvalidArgument):
-        pagination.decode(pagination.encode(QUERY, 17), QUERY, str)
+        pagination.decode(pagination.encode(QUERY, position), QUERY, str)
 
 
 # -- settings ---------------------------------------------------------------------------------

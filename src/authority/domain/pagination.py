@@ -45,7 +45,7 @@ def decode(token: str, query: list[object], kind: type[P]) -> P | None:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         stored_query, position = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as error:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as error:
         raise _forged() from error
     if stored_query != query:
         raise InvalidArgument(
@@ -57,5 +57,8 @@ def decode(token: str, query: list[object], kind: type[P]) -> P | None:
     if type(position) is not kind:
         raise _forged()
     if isinstance(position, int) and not 0 <= position <= _MAX_POSITION:
+        raise _forged()
+    # Text positions are names: short, and never what a database cannot store (NUL).
+    if isinstance(position, str) and (len(position) > 256 or "\x00" in position):
         raise _forged()
     return position
