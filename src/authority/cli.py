@@ -147,7 +147,7 @@ Token Authority is starting on {listen} (Ctrl-C stops it).
 The administrator token is in {token_file}. In another terminal, paste:
 
   {grpcurl} -plaintext {listen} list
-  ORG="acme-$(date +%s)"   # a new organisation each time you paste these lines
+  ORG="acme-$(date +%s)-$RANDOM"   # a new organisation each time you paste these lines
   {grpcurl} -plaintext -H "authorization: Bearer {token}" \\
     -d "{{\\"name\\": \\"$ORG\\", \\"display_name\\": \\"Acme Inc.\\"}}" \\
     {listen} authority.v1.Admin/CreateOrganization

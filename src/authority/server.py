@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from authority.api.admin import AdminServicer
 from authority.api.runtime import Runtime
 from authority.api.token_authority import TokenAuthorityServicer
+from authority.cache.feed import ChangeFeed
 from authority.cache.validator import CacheConfig, Monotonic, Validator
 from authority.domain.access import Access
 from authority.domain.clock import Clock, system_clock
@@ -28,7 +29,7 @@ from authority.domain.token_format import SecretHasher
 from authority.domain.tokens import TokenService
 from authority.domain.validation import EntryCompiler, ValidationEntry
 from authority.settings import Settings, SettingsError
-from authority.store.database import create_engines
+from authority.store.database import create_engines, is_sqlite, libpq_url
 from authority.store.repository import SqlStore
 from authority.v1 import admin_pb2, admin_pb2_grpc, token_authority_pb2, token_authority_pb2_grpc
 
@@ -46,6 +47,7 @@ class Application:
 
     settings: Settings
     store: SqlStore
+    feed: ChangeFeed
     tokens: TokenService
     organizations: OrganizationService
     installation: Installation
@@ -88,9 +90,19 @@ def build_application(
         ),
         monotonic,
     )
+    feed = ChangeFeed(
+        store,
+        validator,
+        poll_seconds=settings.feed_poll_seconds,
+        bound_seconds=settings.cache_max_staleness_seconds,
+        executor=executor,
+        listen_url=None if is_sqlite(settings.database_url) else libpq_url(settings.database_url),
+        monotonic=monotonic,
+    )
+    store.dispatch = feed.committed
     runtime = Runtime(tokens, organizations, validator, executor, settings.validate_batch_max)
     return Application(
-        settings, store, tokens, organizations, installation, validator, runtime, executor
+        settings, store, feed, tokens, organizations, installation, validator, runtime, executor
     )
 
 
@@ -113,6 +125,7 @@ class RunningServer:
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.server.stop(grace)
+        await self.application.feed.stop()
         self.application.executor.shutdown(wait=True)
         self.application.store.dispose()
 
@@ -141,10 +154,24 @@ async def start_server(application: Application) -> RunningServer:
     port = server.add_insecure_port(application.settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {application.settings.listen}")
+    await application.feed.start()
     await server.start()
-    for name in (*SERVICE_NAMES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def report(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*SERVICE_NAMES, ""):
+            await health_servicer.set(name, status)
+
+    await report(True)
+    application.feed.health_listeners.append(lambda serving: _spawn(report(serving)))
     return RunningServer(server, port, application)
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:

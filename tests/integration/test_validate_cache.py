@@ -8,6 +8,7 @@ takes off the snapshot's own bearer lookup. Clocks are moved by hand, never slep
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -276,16 +277,49 @@ def test_a_token_is_valid_a_second_before_its_expiry_and_expired_at_it_cached_or
     assert without_cache == [from_cache, from_store]
 
 
-# -- other replicas: the staleness bound -----------------------------------------------------
+# -- other replicas: the change feed, and the staleness bound when it is silent ----------------
 
 
-def test_a_revoke_on_another_replica_is_seen_only_once_the_cached_entry_is_past_max_staleness(
+def wait_for_outcome(
+    server: ServerHandle, secret: str, expected: tuple[bool, int], seconds: float = 5.0
+) -> float:
+    """Validate until the answer is `expected`; how long it took (fails after `seconds`)."""
+    started = time.monotonic()
+    while outcome(validate(server, secret, "download")) != expected:
+        assert time.monotonic() - started < seconds, f"still not {expected} after {seconds} s"
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def test_a_revoke_on_another_replica_reaches_this_ones_cache_through_the_change_feed(
     deployment: Deployment, auth: Metadata, admin_token: str
 ) -> None:
-    # This documents the cross-replica bound: a replica learns of a change made elsewhere
-    # when its entry is re-read, at most cache_max_staleness_seconds after it was cached.
     url = deployment.database_url
-    with serve(url, cache_max_staleness_seconds=30.0) as here, serve(url) as there:
+    with serve(url) as here, serve(url) as there:
+        org = make_org(here, admin_token)
+        issued = issue(here, auth, org, scopes=["download-only"])
+        assert validate(here, issued.secret, "download").valid  # cached here
+
+        there.tokens.RevokeToken(
+            pb.RevokeTokenRequest(token_id=issued.token.token_id), metadata=auth
+        )
+        took = wait_for_outcome(here, issued.secret, REVOKED)
+
+    # The feed polls every 50 ms (SQLite) or is woken by NOTIFY (PostgreSQL); no staleness
+    # bound had to pass (the manual monotonic clock never moved).
+    assert took < 1.0
+
+
+def test_with_the_feed_off_a_revoke_elsewhere_is_seen_once_the_entry_is_past_max_staleness(
+    deployment: Deployment, auth: Metadata, admin_token: str
+) -> None:
+    # The bound the feed improves on: a replica with no feed learns of a change made
+    # elsewhere when its entry is re-read, at most cache_max_staleness_seconds after.
+    url = deployment.database_url
+    with (
+        serve(url, cache_max_staleness_seconds=30.0, feed_poll_seconds=0) as here,
+        serve(url) as there,
+    ):
         org = make_org(here, admin_token)
         issued = issue(here, auth, org, scopes=["download-only"])
         assert validate(here, issued.secret, "download").valid  # cached here
@@ -306,6 +340,35 @@ def test_a_revoke_on_another_replica_is_seen_only_once_the_cached_entry_is_past_
     assert (outcome(right_after), outcome(almost_stale)) == (OK, OK)
     assert cache_activity(before, after) == counted(hits=2)  # both answered from the cache
     assert outcome(stale) == REVOKED
+
+
+def test_entries_outlive_the_bound_while_the_feed_confirms_them_and_not_once_it_is_silent(
+    deployment: Deployment, auth: Metadata, admin_token: str
+) -> None:
+    with serve(deployment.database_url, cache_max_staleness_seconds=30.0) as here:
+        org = make_org(here, admin_token)
+        issued = issue(here, auth, org, scopes=["download-only"])
+        assert validate(here, issued.secret, "download").valid  # cached here
+        feed = here.running.application.feed
+
+        here.monotonic.value += 100.0  # far past the bound, but the feed keeps confirming
+        confirmed_at = here.running.application.validator.confirmed
+        while here.running.application.validator.confirmed == confirmed_at:
+            time.sleep(0.01)
+        before = cache_stats(here, admin_token)
+        confirmed = validate(here, issued.secret, "download")
+        middle = cache_stats(here, admin_token)
+
+        asyncio.run_coroutine_threadsafe(feed.stop(), here.loop).result(10)  # the feed falls silent
+        here.monotonic.value += 30.1
+        silent = validate(here, issued.secret, "download")
+        after = cache_stats(here, admin_token)
+
+    assert outcome(confirmed) == outcome(silent) == OK
+    assert cache_activity(before, middle) == counted(hits=1)
+    # Silent past the bound, nothing is answered from the cache: the token was re-read first,
+    # and so was GetCacheStats' own bearer (which cache_activity otherwise counts as a hit).
+    assert cache_activity(middle, after) == counted(hits=-1, misses=2, store_reads=2)
 
 
 # -- bounds: the flood of unknown ids, coalesced misses, malformed values ----------------------

@@ -75,8 +75,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             request.organization,
             request.principal,
         )
-        for token_id in revoked:
-            self.runtime.validator.invalidate(token_id)
         return pb.RemoveMemberResponse(revoked_token_ids=revoked)
 
     @management(SERVICE)

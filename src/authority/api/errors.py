@@ -50,7 +50,7 @@ class HasRuntime(Protocol):
 
 
 class HasAuthenticate(Protocol):
-    async def authenticate(self, context: Context, permission: str) -> Caller: ...
+    async def authenticate(self, context: Context, permission: str, request_id: str) -> Caller: ...
 
 
 # A message longer than this is cut: with the details it must fit gRPC's trailers (8 KiB).
@@ -133,15 +133,27 @@ def log_call(
 
 
 async def fail(
-    context: Context, method: str, error: Exception, started: float, token_id: str = ""
+    context: Context,
+    method: str,
+    error: Exception,
+    started: float,
+    token_id: str = "",
+    **fields: object,
 ) -> NoReturn:
     """End a call that raised: a domain error becomes its status, anything else INTERNAL."""
     if isinstance(error, errors.AuthorityError):
         status = status_of(error)
-        log_call(method, status.code.name, started, token_id, logging.INFO)
+        log_call(
+            method, status.code.name, started, token_id, logging.INFO, reason=error.reason, **fields
+        )
         await _abort(context, status)
-    log_call(method, "INTERNAL", started, token_id, logging.ERROR)
+    log_call(method, "INTERNAL", started, token_id, logging.ERROR, **fields)
     await _abort_internal(context, method, error)
+
+
+def new_request_id() -> str:
+    """Names one call in the log line, the audit trail and nowhere else."""
+    return uuid.uuid4().hex[:16]
 
 
 S = TypeVar("S", bound=HasRuntime)
@@ -176,13 +188,14 @@ def management(
         async def call(servicer: S, request: Request, context: Context) -> R:
             started = time.perf_counter()
             token_id = ""
+            request_id = new_request_id()
             try:
-                caller = await servicer.runtime.authenticate(context, method)
+                caller = await servicer.runtime.authenticate(context, method, request_id)
                 token_id = caller.token_id
                 result = await handler(servicer, request, caller)
             except Exception as error:
-                await fail(context, method, error, started, token_id)
-            log_call(method, "OK", started, token_id, logging.INFO)
+                await fail(context, method, error, started, token_id, request_id=request_id)
+            log_call(method, "OK", started, token_id, logging.INFO, request_id=request_id)
             return result
 
         return call

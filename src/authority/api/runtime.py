@@ -64,7 +64,7 @@ class Runtime:
         )
 
     async def authenticate(
-        self, context: grpc.aio.ServicerContext[Any, Any], permission: str
+        self, context: grpc.aio.ServicerContext[Any, Any], permission: str, request_id: str = ""
     ) -> Caller:
         """The caller behind `authorization: Bearer <token>`, checked for the called method.
 
@@ -92,4 +92,4 @@ class Runtime:
                 verdict.reason, ("the bearer token is not valid", ErrorReason.TOKEN_UNKNOWN)
             )
             raise Unauthenticated(message, reason)
-        return caller_from_entry(verdict.entry)
+        return caller_from_entry(verdict.entry, context.peer(), request_id)

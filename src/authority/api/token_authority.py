@@ -54,8 +54,6 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             properties=dict(request.properties),
         )
         issued = await self.runtime.run(self.runtime.tokens.issue_token, caller, command)
-        # A fresh id cannot be cached, but a negative entry for it could be: drop it.
-        self.runtime.validator.invalidate(issued.record.token_id)
         return pb.IssueTokenResponse(token=convert.token(issued.record), secret=issued.secret)
 
     @public(SERVICE)
@@ -160,7 +158,6 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     @management(SERVICE)
     async def RevokeToken(self, request: pb.RevokeTokenRequest, caller: Caller) -> pb.Token:
         record = await self.runtime.run(self.runtime.tokens.revoke_token, caller, request.token_id)
-        self.runtime.validator.invalidate(record.token_id)
         return convert.token(record)
 
     @public(SERVICE)

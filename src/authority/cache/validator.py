@@ -9,6 +9,7 @@ need no locks.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,12 +82,14 @@ class Validator:
             time.time if clock is system_clock else lambda: clock().timestamp()
         )
         self._config = config
+        self._max_staleness = config.max_staleness
         self._monotonic = monotonic
+        # token id -> (entry, monotonic time it was read at)
         self._entries: OrderedDict[str, tuple[ValidationEntry, float]] = OrderedDict()
         self._absent: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ValidationEntry | None]] = {}
-        # Bumped by every invalidation; a read that started before one is not cached.
-        self._epoch = 0
+        # When the change feed last confirmed every entry (see `confirm`); -inf: never.
+        self.confirmed = -math.inf
         self._hits = self._misses = self._evictions = self._negative_hits = 0
         self._coalesced = self._store_reads = self._invalidations = 0
 
@@ -122,7 +125,10 @@ class Validator:
             return MALFORMED
         token_id = token.token_id
         cached = self._entries.get(token_id)
-        if cached is not None and mono < cached[1]:
+        # Fresh while read, or confirmed by the change feed, within the staleness bound.
+        if cached is not None and (
+            mono - cached[1] < self._max_staleness or mono - self.confirmed < self._max_staleness
+        ):
             self._hits += 1
             self._entries.move_to_end(token_id)
             return check(cached[0], token, permission, now_ts, self._hasher)
@@ -158,20 +164,24 @@ class Validator:
             # The read is a task of its own: a caller that is cancelled (deadline, hang-up)
             # stops waiting for it without cancelling it for the others.
             self._store_reads += 1
-            pending = asyncio.ensure_future(self._read(token_id, self._epoch))
+            pending = asyncio.ensure_future(self._read(token_id))
             pending.add_done_callback(_retrieve)
             self._inflight[token_id] = pending
         else:
             self._coalesced += 1
         return await asyncio.shield(pending)
 
-    async def _read(self, token_id: str, epoch: int) -> ValidationEntry | None:
+    async def _read(self, token_id: str) -> ValidationEntry | None:
+        """One store read; cached only if no invalidation of this token detached it meanwhile."""
+        this = asyncio.current_task()
         try:
             entry = await self._load(token_id)
-        finally:
-            if self._inflight.get(token_id) is asyncio.current_task():
+        except BaseException:
+            if self._inflight.get(token_id) is this:
                 del self._inflight[token_id]
-        if epoch == self._epoch:
+            raise
+        if self._inflight.get(token_id) is this:
+            del self._inflight[token_id]
             self._remember(token_id, entry)
         return entry
 
@@ -185,7 +195,7 @@ class Validator:
                 if len(self._absent) > config.negative_entries:
                     self._absent.popitem(last=False)
             return
-        self._entries[token_id] = (entry, now + config.max_staleness)
+        self._entries[token_id] = (entry, now)
         self._entries.move_to_end(token_id)
         if len(self._entries) > config.max_entries:
             self._entries.popitem(last=False)
@@ -194,14 +204,20 @@ class Validator:
     def invalidate(self, token_id: str) -> None:
         """Forget a token now: the next Validate re-reads the store.
 
-        Called on the event loop after the change committed and before the RPC that made it
-        returns. A read already in flight is detached so that no later caller joins it.
+        Called on the event loop by the change feed: for a change made here, after it committed
+        and before the RPC that made it returns. A read of this token already in flight is
+        detached, so that no later caller joins it and its answer is not cached; reads of
+        other tokens are not disturbed.
         """
-        self._epoch += 1
         self._invalidations += 1
         self._entries.pop(token_id, None)
         self._absent.pop(token_id, None)
         self._inflight.pop(token_id, None)
+
+    def confirm(self, moment: float) -> None:
+        """The change feed has applied every change committed before monotonic `moment`: every
+        entry is as fresh as that moment, however long ago it was read."""
+        self.confirmed = max(self.confirmed, moment)
 
     def stats(self) -> CacheStats:
         return CacheStats(

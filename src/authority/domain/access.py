@@ -16,7 +16,7 @@ from authority.domain.ports import Hold, Transaction
 from authority.domain.validation import ValidationEntry
 
 
-def caller_from_entry(entry: ValidationEntry) -> Caller:
+def caller_from_entry(entry: ValidationEntry, peer: str = "", request_id: str = "") -> Caller:
     """The Caller the api layer builds after authenticating a bearer."""
     return Caller(
         token_id=entry.token_id,
@@ -24,6 +24,8 @@ def caller_from_entry(entry: ValidationEntry) -> Caller:
         subject=entry.subject or None,
         matcher=entry.matcher,
         expires_at=entry.expires_at,
+        peer=peer,
+        request_id=request_id,
     )
 
 

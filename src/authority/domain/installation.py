@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from authority.domain.clock import Clock
 from authority.domain.errors import AlreadyExists, FailedPrecondition, NotFound, Reason, shown
+from authority.domain.events import SYSTEM, Event, EventKind
 from authority.domain.models import Principal, PrincipalKind, TokenRecord, check_principal_name
 from authority.domain.ports import Store, Transaction
 from authority.domain.token_format import SecretHasher, new_token
-from authority.domain.tokens import IssuedToken
+from authority.domain.tokens import IssuedToken, issued_event
 
 PEPPER_FACT = "pepper_fingerprint"
 
@@ -46,6 +47,7 @@ class Installation:
             created_by=label,
         )
         tx.add_token(record)
+        tx.record(issued_event(record, SYSTEM))
         return IssuedToken(record=record, secret=token.value)
 
     def bootstrap(self, name: str) -> IssuedToken:
@@ -62,7 +64,18 @@ class Installation:
                 )
             if tx.get_principal(name) is not None:
                 raise AlreadyExists(f"principal {shown(name)} already exists")
-            tx.add_principal(Principal(name, PrincipalKind.USER, True, self._clock()))
+            principal = Principal(name, PrincipalKind.USER, True, self._clock())
+            tx.add_principal(principal)
+            tx.record(
+                Event(
+                    EventKind.PRINCIPAL_CREATED,
+                    principal.created_at,
+                    SYSTEM,
+                    None,
+                    name,
+                    details={"kind": principal.kind.value, "global_admin": "true"},
+                )
+            )
             return self._global_token(tx, name, "bootstrap", "first global administrator")
 
         return self._store.run(work)

@@ -13,6 +13,7 @@ from authority.domain.errors import (
     Reason,
     shown,
 )
+from authority.domain.events import Event, EventKind, Initiator, token_event
 from authority.domain.models import (
     Membership,
     Organization,
@@ -51,6 +52,15 @@ class OrganizationService:
             if tx.get_organization(name) is not None:
                 raise AlreadyExists(f"organization {shown(name)} already exists")
             tx.add_organization(organization)
+            tx.record(
+                Event(
+                    EventKind.ORGANIZATION_CREATED,
+                    organization.created_at,
+                    Initiator.of(caller),
+                    name,
+                    name,
+                )
+            )
             return organization
 
         return self._store.run(work)
@@ -91,6 +101,16 @@ class OrganizationService:
             if tx.get_principal(name) is not None:
                 raise AlreadyExists(f"principal {shown(name)} already exists")
             tx.add_principal(principal)
+            tx.record(
+                Event(
+                    EventKind.PRINCIPAL_CREATED,
+                    principal.created_at,
+                    Initiator.of(caller),
+                    None,
+                    name,
+                    details={"kind": kind.value},
+                )
+            )
             return principal
 
         return self._store.run(work)
@@ -117,6 +137,23 @@ class OrganizationService:
             if current is Role.OWNER and role is not Role.OWNER:
                 _keep_an_owner(tx, organization)
             tx.set_role(membership)
+            if current is not role:
+                changes = {"role": role.value, "previous_role": current.value if current else ""}
+                kind = (
+                    EventKind.MEMBERSHIP_ADDED
+                    if current is None
+                    else (EventKind.MEMBERSHIP_ROLE_CHANGED)
+                )
+                tx.record(
+                    Event(
+                        kind,
+                        self._clock(),
+                        Initiator.of(caller),
+                        organization,
+                        principal,
+                        details=changes,
+                    )
+                )
             return membership
 
         return self._store.run(work)
@@ -142,7 +179,31 @@ class OrganizationService:
             if current is Role.OWNER:
                 _keep_an_owner(tx, organization)
             tx.remove_membership(organization, principal)
-            return tx.revoke_tokens_of(organization, principal, self._clock())
+            now = self._clock()
+            revoked = tx.revoke_tokens_of(organization, principal, now)
+            initiator = Initiator.of(caller)
+            tx.record(
+                Event(
+                    EventKind.MEMBERSHIP_REMOVED,
+                    now,
+                    initiator,
+                    organization,
+                    principal,
+                    details={"previous_role": current.value, "revoked": str(len(revoked))},
+                )
+            )
+            for token_id in revoked:
+                tx.record(
+                    token_event(
+                        EventKind.TOKEN_REVOKED,
+                        initiator,
+                        organization,
+                        token_id,
+                        now,
+                        because="membership.removed",
+                    )
+                )
+            return revoked
 
         return self._store.run(work)
 

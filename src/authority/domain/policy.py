@@ -54,6 +54,9 @@ class Caller:
     subject: str | None
     matcher: PermissionMatcher
     expires_at: datetime | None
+    # Where the call came from and its id (also in the server's log line): for the audit trail.
+    peer: str = ""
+    request_id: str = ""
 
     @property
     def actor(self) -> str:

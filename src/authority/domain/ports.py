@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from authority.domain.events import Event, RecordedEvent
 from authority.domain.models import Membership, Organization, Principal, Role, TokenRecord
 
 T = TypeVar("T")
@@ -89,6 +90,11 @@ class Transaction(Protocol):
     def get_fact(self, name: str) -> str | None: ...
     def add_fact(self, name: str, value: str) -> None: ...
 
+    def record(self, event: Event) -> None:
+        """Append an event to the change log as part of this unit of work: written with the
+        commit (or not at all), then handed to the dispatcher."""
+        ...
+
 
 class Store(Protocol):
     """Runs units of work and serves the single read the Validate path needs."""
@@ -99,3 +105,11 @@ class Store(Protocol):
         ...
 
     def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    def events_after(self, sequence: int, limit: int) -> list[RecordedEvent]:
+        """Committed events after `sequence`, oldest first: no gap can open behind them."""
+        ...
+
+    def last_sequence(self) -> int:
+        """The newest committed event's sequence number (0: none yet)."""
+        ...

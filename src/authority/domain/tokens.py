@@ -23,6 +23,7 @@ from authority.domain.errors import (
     Reason,
     shown,
 )
+from authority.domain.events import Event, EventKind, Initiator, token_event
 from authority.domain.models import (
     TokenRecord,
     check_organization_name,
@@ -133,6 +134,7 @@ class TokenService:
                 properties=properties,
             )
             tx.add_token(record)
+            tx.record(issued_event(record, Initiator.of(caller)))
             return record
 
         return IssuedToken(record=self._store.run(work), secret=token.value)
@@ -231,9 +233,34 @@ class TokenService:
                 )
             revoked = tx.revoke_token(token_id, now)
             assert revoked is not None  # found, and locked, inside this same transaction
+            if record.revoked_at is None:  # a second revoke changes nothing, records nothing
+                tx.record(
+                    token_event(
+                        EventKind.TOKEN_REVOKED,
+                        Initiator.of(caller),
+                        record.organization,
+                        token_id,
+                        now,
+                    )
+                )
             return revoked
 
         return self._store.run(work)
+
+
+def issued_event(record: TokenRecord, initiator: Initiator) -> Event:
+    """TOKEN_ISSUED: what a follower needs to know of a new token (never its hash)."""
+    return token_event(
+        EventKind.TOKEN_ISSUED,
+        initiator,
+        record.organization,
+        record.token_id,
+        record.created_at,
+        principal=record.subject or "",
+        label=record.label,
+        scopes=" ".join(record.scopes),
+        expires_at=record.expires_at.isoformat() if record.expires_at else "",
+    )
 
 
 def _expiry(now: datetime, expires_at: datetime | None, ttl: timedelta | None) -> datetime | None:

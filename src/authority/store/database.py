@@ -26,6 +26,11 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_url(url: str) -> str:
+    """The same PostgreSQL database as a libpq URL, for a plain psycopg connection (LISTEN)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def create_engines(url: str, pool_size: int) -> tuple[Engine, Engine]:
     """(writer, reader).
 

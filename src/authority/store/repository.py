@@ -10,11 +10,24 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from authority.domain.errors import AlreadyExists, Reason, Unavailable
+from authority.domain.events import Event, EventKind, Initiator, Outcome, RecordedEvent
 from authority.domain.models import (
     Membership,
     Organization,
@@ -24,7 +37,14 @@ from authority.domain.models import (
     TokenRecord,
 )
 from authority.domain.ports import Hold, Transaction
-from authority.store.schema import FactRow, MembershipRow, OrganizationRow, PrincipalRow, TokenRow
+from authority.store.schema import (
+    EventRow,
+    FactRow,
+    MembershipRow,
+    OrganizationRow,
+    PrincipalRow,
+    TokenRow,
+)
 
 T = TypeVar("T")
 # SQLSTATEs of a transaction the database aborted to resolve a conflict; running it again is
@@ -33,6 +53,12 @@ _CONFLICTS = frozenset({"40001", "40P01"})
 # Any fixed number, as long as every process uses the same one: the key of the advisory lock
 # that serialises installation-wide invariants (`Transaction.lock_global`).
 _GLOBAL_LOCK_KEY = 0x70A7_4A11
+# Held from the moment a unit of work appends to the change log until it commits, so that
+# sequence numbers become visible in their order: a reader that has seen N has seen all < N.
+_EVENTS_LOCK_KEY = 0x70A7_4A12
+# The PostgreSQL channel on which a commit announces its newest sequence number.
+EVENTS_CHANNEL = "authority_events"
+Dispatcher = Callable[[list[RecordedEvent]], None]
 
 _TOKEN_COLUMNS = (
     TokenRow.token_id,
@@ -70,6 +96,38 @@ def _token_from_row(row: TokenRow | Row[*tuple[Any, ...]]) -> TokenRecord:
     )
 
 
+def _event_row(event: Event) -> dict[str, Any]:
+    return {
+        "occurred_at": event.occurred_at,
+        "kind": event.kind.value,
+        "organization": event.organization,
+        "subject": event.subject,
+        "token_id": event.token_id,
+        "actor_principal": event.initiator.principal,
+        "actor_token_id": event.initiator.token_id,
+        "peer": event.initiator.peer[:128],
+        "request_id": event.initiator.request_id[:64],
+        "outcome": event.outcome.value,
+        "details": dict(event.details),
+    }
+
+
+def _event_from_row(row: EventRow | Row[*tuple[Any, ...]]) -> RecordedEvent:
+    return RecordedEvent(
+        row.seq,
+        Event(
+            kind=EventKind(row.kind),
+            occurred_at=row.occurred_at,
+            initiator=Initiator(row.actor_principal, row.actor_token_id, row.peer, row.request_id),
+            organization=row.organization,
+            subject=row.subject,
+            token_id=row.token_id,
+            outcome=Outcome(row.outcome),
+            details=dict(row.details),
+        ),
+    )
+
+
 def _unavailable(error: OperationalError) -> Unavailable:
     # Only the exception's class: a driver's message can quote the statement's parameters.
     reason = type(error.orig).__name__ if error.orig is not None else type(error).__name__
@@ -90,6 +148,35 @@ class SqlTransaction:
     def __init__(self, session: Session) -> None:
         self._session = session
         self._postgres = session.get_bind().dialect.name == "postgresql"
+        self.events: list[Event] = []
+
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+
+    def write_events(self) -> list[RecordedEvent]:
+        """Append the recorded events to the log, last thing before the commit."""
+        if not self.events:
+            return []
+        if self._postgres:
+            self._session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK_KEY}
+            )
+        sequences = [
+            self._session.execute(
+                insert(EventRow).values(**_event_row(event)).returning(EventRow.seq)
+            ).scalar_one()
+            for event in self.events
+        ]
+        if self._postgres:
+            # Delivered when (and only if) the transaction commits.
+            self._session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": EVENTS_CHANNEL, "payload": str(sequences[-1])},
+            )
+        return [
+            RecordedEvent(sequence, event)
+            for sequence, event in zip(sequences, self.events, strict=True)
+        ]
 
     # locks (SQLite needs none: its writers begin IMMEDIATE, one at a time)
     def lock_organization(self, name: str, hold: Hold) -> Organization | None:
@@ -314,6 +401,8 @@ class SqlStore:
     attempts = 5
 
     def __init__(self, writer: Engine, reader: Engine) -> None:
+        # Handed every unit of work's events once it committed (server.py sets it).
+        self.dispatch: Dispatcher | None = None
         self._sessions = sessionmaker(writer, expire_on_commit=False)
         self._reader = reader
         self._local = threading.local()
@@ -326,7 +415,9 @@ class SqlStore:
         with self._sessions() as session:
             try:
                 with session.begin():
-                    yield SqlTransaction(session)
+                    tx = SqlTransaction(session)
+                    yield tx
+                    committed = tx.write_events()
             except IntegrityError as error:
                 # Two callers raced for the same unique name: the loser hears it plainly.
                 raise AlreadyExists("it already exists (created concurrently)") from error
@@ -336,6 +427,8 @@ class SqlStore:
                 if isinstance(error, OperationalError):
                     raise _unavailable(error) from error
                 raise
+        if committed and self.dispatch is not None:
+            self.dispatch(committed)
 
     def run(self, work: Callable[[Transaction], T]) -> T:
         """Run `work` as one unit of work; again, a bounded number of times, when the database
@@ -374,6 +467,21 @@ class SqlStore:
                 raise _unavailable(error) from error
         # No commit: the reader is in autocommit, so no transaction stays open between reads.
         return _token_from_row(row) if row is not None else None
+
+    def events_after(self, sequence: int, limit: int) -> list[RecordedEvent]:
+        query = select(EventRow).where(EventRow.seq > sequence).order_by(EventRow.seq).limit(limit)
+        try:
+            with self._sessions() as session:
+                return [_event_from_row(row) for row in session.scalars(query)]
+        except OperationalError as error:
+            raise _unavailable(error) from error
+
+    def last_sequence(self) -> int:
+        try:
+            with self._sessions() as session:
+                return int(session.scalar(select(func.max(EventRow.seq))) or 0)
+        except OperationalError as error:
+            raise _unavailable(error) from error
 
     def dispose(self) -> None:
         with self._held_lock:

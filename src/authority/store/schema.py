@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -115,3 +116,34 @@ class FactRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class EventRow(Base):
+    """The change log: append-only, `seq` strictly increasing in commit order.
+
+    The audit trail, WatchEvents and every process's cache all read it. No secret, hash or
+    password is ever written here.
+    """
+
+    __tablename__ = "events"
+
+    # BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid, which only grows.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(48))
+    organization: Mapped[str | None] = mapped_column(String(63))
+    subject: Mapped[str] = mapped_column(String(160))
+    token_id: Mapped[str | None] = mapped_column(String(16))
+    actor_principal: Mapped[str | None] = mapped_column(String(128))
+    actor_token_id: Mapped[str | None] = mapped_column(String(16))
+    peer: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    details: Mapped[dict[str, str]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_events_organization_seq", "organization", "seq"),
+        Index("ix_events_occurred_at", "occurred_at"),
+    )
