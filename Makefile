@@ -17,7 +17,13 @@ TOKEN_FILE  := $(VAR)/admin-token
 LISTEN      ?= $(or $(AUTHORITY_LISTEN),127.0.0.1:50051)
 PYTEST_ARGS ?=
 
-.PHONY: all install generate migrate run test lint typecheck unit integration bench clean
+# `make run-cluster`: replicas on one local PostgreSQL database, one port each.
+CLUSTER_POSTGRES ?= postgresql://postgres@127.0.0.1:5432
+CLUSTER_DATABASE ?= authority
+CLUSTER_PORTS    ?= 50051 50052 50053
+CLUSTER_TOKEN_FILE := $(VAR)/cluster-admin-token
+
+.PHONY: all install generate migrate run run-cluster test lint typecheck unit integration bench clean
 
 all: generate
 
@@ -58,6 +64,37 @@ run: generate
 	fi
 	@$(BIN)/authority hint --listen $(LISTEN) --token-file $(TOKEN_FILE)
 	@exec $(BIN)/authority serve --listen $(LISTEN)
+
+# Replicas on the local PostgreSQL (database $(CLUSTER_DATABASE), created if missing), sharing
+# var/pepper; the first administrator is created once, its token kept in $(CLUSTER_TOKEN_FILE)
+# (not var/admin-token, which `make run` fills for its own database). Ctrl-C stops them all;
+# when one replica stops, the others are stopped too.
+run-cluster: export AUTHORITY_DATABASE_URL := $(CLUSTER_POSTGRES)/$(CLUSTER_DATABASE)
+run-cluster: generate
+	@mkdir -p $(VAR) && chmod 700 $(VAR)
+	@psql "$(CLUSTER_POSTGRES)/postgres" -tAc \
+	  "SELECT 1 FROM pg_database WHERE datname = '$(CLUSTER_DATABASE)'" | grep -q 1 || \
+	  psql "$(CLUSTER_POSTGRES)/postgres" -qc 'CREATE DATABASE "$(CLUSTER_DATABASE)"'
+	@$(BIN)/authority migrate
+	@if [ ! -s $(CLUSTER_TOKEN_FILE) ]; then \
+	  if (umask 077 && $(BIN)/authority bootstrap --quiet > $(CLUSTER_TOKEN_FILE).tmp); then \
+	    mv $(CLUSTER_TOKEN_FILE).tmp $(CLUSTER_TOKEN_FILE); \
+	    echo "Created the first global administrator; its token is in $(CLUSTER_TOKEN_FILE) (mode 600)."; \
+	  else \
+	    rm -f $(CLUSTER_TOKEN_FILE).tmp; \
+	    echo "No $(CLUSTER_TOKEN_FILE), and this database already has an administrator: use its token."; \
+	  fi; \
+	fi
+	@$(BIN)/authority hint --listen 127.0.0.1:$(firstword $(CLUSTER_PORTS)) \
+	  $(foreach port,$(wordlist 2,$(words $(CLUSTER_PORTS)),$(CLUSTER_PORTS)),--replica 127.0.0.1:$(port)) \
+	  --token-file $(CLUSTER_TOKEN_FILE)
+	@pids=; \
+	trap 'kill $$pids 2>/dev/null; wait; exit 0' INT TERM; \
+	for port in $(CLUSTER_PORTS); do \
+	  $(BIN)/authority serve --listen 127.0.0.1:$$port & pids="$$pids $$!"; \
+	done; \
+	while kill -0 $$pids 2>/dev/null; do sleep 1; done; \
+	echo "A replica stopped: stopping the others."; kill $$pids 2>/dev/null; wait; exit 1
 
 lint: generate
 	$(BIN)/ruff check src clients/python/src/authority/client tests bench

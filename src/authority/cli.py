@@ -1,4 +1,5 @@
-"""`authority`: serve, migrate, bootstrap the first administrator, print usage hints."""
+"""`authority`: serve, migrate, bootstrap the first administrator, export the audit trail, print
+usage hints."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from authority import logs, operator
+from authority import audit_export, logs, operator
 from authority.domain.errors import AuthorityError
 from authority.settings import Settings, SettingsError
 
@@ -28,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="migrate, then serve gRPC")
     serve.add_argument("--listen", help="host:port (env AUTHORITY_LISTEN, default 127.0.0.1:50051)")
     serve.add_argument("--cache-max-entries", type=int, help="0 disables the Validate cache")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the listen address, each with its own cache kept "
+        "coherent by the change feed (env AUTHORITY_WORKERS, default 1; a fixed port)",
+    )
+    # Internal: this process is a worker started by `serve --workers N` (the parent's pid).
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
 
@@ -49,10 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     break_glass.add_argument("--quiet", action="store_true", help="print only the token")
 
     operator.add_commands(commands)
+    audit_export.add_command(commands, common)
 
     hint = commands.add_parser("hint", help="print grpcurl commands to get started")
     hint.add_argument("--listen", default=None)
     hint.add_argument("--token-file", default="var/admin-token")
+    hint.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        help="another address of the same service (make run-cluster); repeatable",
+    )
     return parser
 
 
@@ -64,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=getattr(args, "log_level", None),
             listen=getattr(args, "listen", None),
             cache_max_entries=getattr(args, "cache_max_entries", None),
+            workers=getattr(args, "workers", None),
         )
         stop_logging = logs.configure(settings.log_level)
         try:
@@ -90,9 +107,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"database at the newest schema: {_safe_url(settings.database_url)}")
         return 0
     if args.command == "serve":
+        from authority import workers
         from authority.server import run_loop, serve
 
+        if args.worker_of is not None:  # the parent migrated and checked the pepper
+            run_loop(serve(settings, parent=args.worker_of), settings.event_loop)
+            return 0
+        workers.check(settings)
         migrate(settings.database_url)
+        if settings.workers > 1:
+            _check_pepper(settings)
+            return workers.supervise(settings)
         run_loop(serve(settings), settings.event_loop)
         return 0
     if args.command in ("bootstrap", "break-glass"):
@@ -120,13 +145,32 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print("Its token follows. It is shown only this once; keep it secret.")
         print(issued.secret)
         return 0
+    if args.command == "audit":
+        return audit_export.run(args, settings)
     if args.command in ("org", "token", "validate"):
         return operator.run(args, settings.listen)
     if args.command == "hint":
         # Absolute, so that the lines work when pasted in a terminal opened anywhere.
-        _print_hint(settings.listen, Path(args.token_file).absolute())
+        token_file = Path(args.token_file).absolute()
+        if args.replica:
+            _print_cluster_hint([settings.listen, *args.replica], token_file)
+        else:
+            _print_hint(settings.listen, token_file)
         return 0
     raise AssertionError(args.command)
+
+
+def _check_pepper(settings: Settings) -> None:
+    """Once, before workers start: creates the pepper file if there is none (workers racing
+    to create it would read each other's half-written file) and refuses a wrong one."""
+    from authority.server import build_application, check_pepper
+
+    application = build_application(settings)
+    try:
+        check_pepper(application)
+    finally:
+        application.executor.shutdown()
+        application.store.dispose()
 
 
 def _safe_url(url: str) -> str:
@@ -135,12 +179,16 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _print_hint(listen: str, token_file: Path) -> None:
-    token = f"$(cat {shlex.quote(str(token_file))})"
+def _grpcurl() -> str:
     # The grpcurl installed beside this interpreter (.venv/bin), by its absolute path, so that
     # the lines paste as they are in a fresh terminal, whatever its directory and PATH.
     beside = Path(sys.executable).parent / "grpcurl"
-    grpcurl = shlex.quote(str(beside.absolute())) if beside.exists() else "grpcurl"
+    return shlex.quote(str(beside.absolute())) if beside.exists() else "grpcurl"
+
+
+def _print_hint(listen: str, token_file: Path) -> None:
+    token = f"$(cat {shlex.quote(str(token_file))})"
+    grpcurl = _grpcurl()
     print(
         f"""
 Token Authority is starting on {listen} (Ctrl-C stops it).
@@ -156,6 +204,48 @@ The administrator token is in {token_file}. In another terminal, paste:
     {listen} authority.v1.TokenAuthority/IssueToken
 
 README.md has the whole session.
+""",
+        flush=True,
+    )
+
+
+def _print_cluster_hint(addresses: list[str], token_file: Path) -> None:
+    """Lines that issue a token through the first replica, validate it on every one, revoke
+    it through the second and validate again: REASON_REVOKED everywhere."""
+    token = f"$(cat {shlex.quote(str(token_file))})"
+    grpcurl = _grpcurl()
+    first, revoker = addresses[0], addresses[1 % len(addresses)]
+    every = " ".join(addresses)
+    validate = (
+        f'{grpcurl} -plaintext -d "{{\\"token\\": \\"$SECRET\\"}}" '
+        "$ADDR authority.v1.TokenAuthority/Validate"
+    )
+    extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"secret\"])'"
+    extract_id = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["token"]["token_id"])\''
+    print(
+        f"""
+Token Authority is starting {len(addresses)} replicas on one database: {", ".join(addresses)}
+(Ctrl-C stops them all). The administrator token is in {token_file}.
+In another terminal, paste:
+
+  AUTH="authorization: Bearer {token}"
+  ORG="acme-$(date +%s)-$RANDOM"   # a new organisation each time you paste these lines
+  {grpcurl} -plaintext -H "$AUTH" -d "{{\\"name\\": \\"$ORG\\"}}" \\
+    {first} authority.v1.Admin/CreateOrganization
+  ISSUED=$({grpcurl} -plaintext -H "$AUTH" -d "{{\\"organization\\": \\"$ORG\\"}}" \\
+    {first} authority.v1.TokenAuthority/IssueToken)
+  SECRET=$(echo "$ISSUED" | {extract})
+  TOKEN_ID=$(echo "$ISSUED" | {extract_id})
+  for ADDR in {every}; do  # valid on each (each caches it)
+    {validate}
+  done
+  {grpcurl} -plaintext -H "$AUTH" -d "{{\\"token_id\\": \\"$TOKEN_ID\\"}}" \\
+    {revoker} authority.v1.TokenAuthority/RevokeToken
+  for ADDR in {every}; do  # REASON_REVOKED on each, within ~100 ms
+    {validate}
+  done
+
+README.md ("Running several replicas") says what is promised and how it is tested.
 """,
         flush=True,
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -22,12 +24,15 @@ from authority.api.token_authority import TokenAuthorityServicer
 from authority.cache.feed import ChangeFeed
 from authority.cache.validator import CacheConfig, Monotonic, Validator
 from authority.domain.access import Access
+from authority.domain.audit import AuditService, RefusalLimiter
 from authority.domain.clock import Clock, system_clock
 from authority.domain.installation import Installation, PepperMismatch
+from authority.domain.lifecycle import ExpiryAnnouncer
 from authority.domain.organizations import OrganizationService
 from authority.domain.token_format import SecretHasher
 from authority.domain.tokens import TokenService
 from authority.domain.validation import EntryCompiler, ValidationEntry
+from authority.domain.watch import EventWatch
 from authority.settings import Settings, SettingsError
 from authority.store.database import create_engines, is_sqlite, libpq_url
 from authority.store.repository import SqlStore
@@ -54,6 +59,8 @@ class Application:
     validator: Validator
     runtime: Runtime
     executor: ThreadPoolExecutor
+    audit: AuditService
+    expiry: ExpiryAnnouncer
 
 
 def build_application(
@@ -100,9 +107,32 @@ def build_application(
         monotonic=monotonic,
     )
     store.dispatch = feed.committed
-    runtime = Runtime(tokens, organizations, validator, executor, settings.validate_batch_max)
+    audit = AuditService(
+        store, clock, access, settings.audit_retention_days, RefusalLimiter(monotonic=monotonic)
+    )
+    runtime = Runtime(
+        tokens,
+        organizations,
+        validator,
+        executor,
+        settings.validate_batch_max,
+        audit=audit,
+        watch=EventWatch(store, access),
+        event_listeners=feed.event_listeners,
+    )
+    expiry = ExpiryAnnouncer(store, clock, timedelta(seconds=settings.expiry_warning_seconds))
     return Application(
-        settings, store, feed, tokens, organizations, installation, validator, runtime, executor
+        settings,
+        store,
+        feed,
+        tokens,
+        organizations,
+        installation,
+        validator,
+        runtime,
+        executor,
+        audit=audit,
+        expiry=expiry,
     )
 
 
@@ -122,8 +152,13 @@ class RunningServer:
         self.server = server
         self.port = port
         self.application = application
+        # Periodic work of this process (the audit retention), cancelled when it stops.
+        self.background: list[asyncio.Task[None]] = []
 
     async def stop(self, grace: float = 2.0) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.server.stop(grace)
         await self.application.feed.stop()
         self.application.executor.shutdown(wait=True)
@@ -136,7 +171,9 @@ async def start_server(application: Application) -> RunningServer:
     await loop.run_in_executor(application.executor, check_pepper, application)
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 0),
+            # Several workers of one `serve --workers N` share the port; a lone server must
+            # not share it with a stray process, so it fails to bind instead.
+            ("grpc.so_reuseport", 1 if application.settings.workers > 1 else 0),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -166,7 +203,53 @@ async def start_server(application: Application) -> RunningServer:
 
     await report(True)
     application.feed.health_listeners.append(lambda serving: _spawn(report(serving)))
-    return RunningServer(server, port, application)
+    running = RunningServer(server, port, application)
+    if application.settings.audit_retention_days > 0:
+        running.background.append(asyncio.create_task(_enforce_retention(application)))
+    if application.settings.expiry_sweep_seconds > 0:
+        running.background.append(asyncio.create_task(_announce_expiries(application)))
+    return running
+
+
+async def _announce_expiries(application: Application) -> None:
+    """Record expiries as they come due, every interval. Every replica sweeps; each expiry is
+    claimed by one of them. A failure is logged once and the sweep tried again next time."""
+    loop = asyncio.get_running_loop()
+    failing = False
+    while True:
+        try:
+            await loop.run_in_executor(application.executor, application.expiry.sweep)
+            failing = False
+        except Exception as error:
+            if not failing:
+                # Only the class: a driver's message may quote the statement's parameters.
+                log.warning("expiry sweep failed (%s); retrying", type(error).__name__)
+            failing = True
+        await asyncio.sleep(application.settings.expiry_sweep_seconds)
+
+
+async def _enforce_retention(application: Application) -> None:
+    """Delete audit events past the retention at start, then every interval (each replica
+    does; the deletes are idempotent). A failure is logged and tried again next time."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            deleted = await loop.run_in_executor(
+                application.executor, application.audit.enforce_retention
+            )
+            if deleted:
+                log.info(
+                    "audit retention: deleted old events",
+                    extra={
+                        "deleted": deleted,
+                        "retention_days": application.settings.audit_retention_days,
+                    },
+                )
+        except Exception as error:
+            # Only the class: a driver's message may quote the statement's parameters.
+            log.warning("audit retention failed (%s); retrying later", type(error).__name__)
+        # (A floor, so that a zero interval cannot turn this into a busy loop on the store.)
+        await asyncio.sleep(max(application.settings.audit_retention_interval_seconds, 0.01))
 
 
 def _spawn(work: Coroutine[Any, Any, None]) -> None:
@@ -184,15 +267,30 @@ def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         raise SettingsError(f"AUTHORITY_EVENT_LOOP={event_loop!r}: use uvloop or asyncio")
 
 
-async def serve(settings: Settings) -> None:
-    """`authority serve`: run until SIGINT/SIGTERM, then drain calls in flight."""
+async def serve(settings: Settings, parent: int | None = None) -> None:
+    """`authority serve`: run until SIGINT/SIGTERM, then drain calls in flight.
+
+    `parent`: the pid of the `serve --workers N` process that started this worker; the worker
+    stops if that process is gone (killed without the chance to stop its workers).
+    """
     running = await start_server(build_application(settings))
     host = settings.listen.rsplit(":", 1)[0]
-    log.info("serving", extra={"listen": f"{host}:{running.port}"})
+    log.info("serving", extra={"listen": f"{host}:{running.port}", "pid": os.getpid()})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if parent is not None:
+        _stop_when_orphaned(parent, stop)
     await stop.wait()
     log.info("stopping")
     await running.stop(grace=5.0)
+
+
+def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Check twice a second, on the loop, that the supervising process is still our parent."""
+    if os.getppid() != parent:
+        log.error("the supervising process is gone; stopping", extra={"parent": parent})
+        stop.set()
+        return
+    asyncio.get_running_loop().call_later(0.5, _stop_when_orphaned, parent, stop)

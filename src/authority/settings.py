@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -38,6 +39,18 @@ class Settings:
     # are then seen only within the cache staleness bound.
     feed_poll_seconds: float = 0.05
     database_threads: int = 4
+    # Audit events older than this are deleted (0 keeps them forever), checked every interval.
+    # WatchEvents consumers can resume only within it.
+    audit_retention_days: int = 365
+    audit_retention_interval_seconds: float = 3600.0
+    # `serve`: how many server processes share the listen address (SO_REUSEPORT), each with
+    # its own cache kept coherent by the change feed.
+    workers: int = 1
+    # How often each server records the expiries that came due (token.expired, and
+    # token.expiring once a token is within the warning window) in the change log; each is
+    # recorded once however many replicas sweep. 0 turns the sweep off; 0 warning: no warning.
+    expiry_sweep_seconds: float = 1.0
+    expiry_warning_seconds: float = 86400.0
     # uvloop cuts the per-call cost of the gRPC server by about a tenth (see README).
     event_loop: str = "uvloop"
 
@@ -73,10 +86,7 @@ class Settings:
             return pepper
         path = self.pepper_file
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_hex(32))
+            _create_pepper_file(path)
         try:
             pepper = bytes.fromhex(path.read_text().strip())
         except ValueError as error:
@@ -84,6 +94,21 @@ class Settings:
         if len(pepper) < 32:
             raise SettingsError(f"{path} must hold at least 32 bytes of hex")
         return pepper
+
+
+def _create_pepper_file(path: Path) -> None:
+    """Write a new pepper beside `path`, then link it into place: processes starting at once
+    (replicas, workers) all end up reading the one that won, never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):  # another process's pepper won
+            os.link(draft, path)
+    finally:
+        draft.unlink()
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:

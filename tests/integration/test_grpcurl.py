@@ -5,6 +5,7 @@ grpcurl has no .proto files here: everything it knows comes from server reflecti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,6 +38,18 @@ class ServedProcess:
     address: str
     admin_token: str
     log: Path
+    # How it was started, for `restart`.
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    arguments: tuple[str, ...] = ()
+
+    def restart(self) -> None:
+        """Serve again on the same address (stopping it first if it still runs); returns once
+        it answers SERVING."""
+        _stop(self.process)
+        self.process, _, _ = _start_serving(
+            self.log.parent, self.environment, *self.arguments, address=self.address
+        )
+        _wait_until_serving(self.process, self.address, self.log)
 
     def grpcurl(
         self, *arguments: str, data: dict[str, Any] | None = None, token: str | None = None
@@ -58,12 +71,15 @@ class ServedProcess:
         return json.loads(completed.stdout)
 
 
-def _environment(directory: Path) -> dict[str, str]:
+def _environment(directory: Path, **settings: str) -> dict[str, str]:
+    """No AUTHORITY_* of ours; a SQLite file and a pepper file in `directory`, unless
+    `settings` (AUTHORITY_<NAME>=value) say otherwise."""
     environment = {
         name: value for name, value in os.environ.items() if not name.startswith("AUTHORITY_")
     }
     environment["AUTHORITY_DATABASE_URL"] = f"sqlite:///{directory / 'authority.db'}"
     environment["AUTHORITY_PEPPER_FILE"] = str(directory / "pepper")
+    environment.update((f"AUTHORITY_{name.upper()}", value) for name, value in settings.items())
     return environment
 
 
@@ -78,7 +94,13 @@ def _wait_until_serving(process: subprocess.Popen[bytes], address: str, log: Pat
     """Poll the health service until it answers SERVING; fail early if the process died."""
     deadline = time.monotonic() + READY_DEADLINE_SECONDS
     request = health_pb2.HealthCheckRequest(service="authority.v1.TokenAuthority")
-    with grpc.insecure_channel(address) as channel:
+    # Retry the connection every 0.1 s, not after gRPC's default backoff (1 s, growing): the
+    # server is known to come up within seconds.
+    retry_soon = [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 100),
+    ]
+    with grpc.insecure_channel(address, options=retry_soon) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.poll() is not None:
@@ -105,13 +127,14 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 
 
 def _start_serving(
-    directory: Path, environment: dict[str, str]
+    directory: Path, environment: dict[str, str], *arguments: str, address: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """`authority serve` on a free loopback port, its output in directory/serve.log."""
-    address, log = f"127.0.0.1:{_free_port()}", directory / "serve.log"
-    with log.open("wb") as log_file:
+    """`authority serve [arguments]` on `address` (default: a free loopback port), its output
+    appended to directory/serve.log."""
+    address, log = address or f"127.0.0.1:{_free_port()}", directory / "serve.log"
+    with log.open("ab") as log_file:
         process = subprocess.Popen(
-            [str(AUTHORITY), "serve", "--listen", address],
+            [str(AUTHORITY), "serve", "--listen", address, *arguments],
             env=environment,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -120,20 +143,31 @@ def _start_serving(
 
 
 @contextmanager
-def served_process(directory: Path) -> Iterator[ServedProcess]:
-    """`authority bootstrap`, then `authority serve` on a fresh SQLite file; always stopped."""
-    environment = _environment(directory)
-    bootstrap = subprocess.run(
-        [str(AUTHORITY), "bootstrap"], env=environment, capture_output=True, text=True, timeout=60
-    )
-    assert bootstrap.returncode == 0, bootstrap.stderr
-    admin_token = bootstrap.stdout.splitlines()[-1]
-    process, address, log = _start_serving(directory, environment)
+def served_process(
+    directory: Path, *arguments: str, admin_token: str | None = None, **settings: str
+) -> Iterator[ServedProcess]:
+    """`authority bootstrap`, then `authority serve [arguments]` on a free loopback port; always
+    stopped. By default on a fresh SQLite file in `directory`; `settings` are AUTHORITY_*
+    values (e.g. database_url=..., pepper_hex=...), and `admin_token` skips the bootstrap for
+    a database that already has its administrator."""
+    environment = _environment(directory, **settings)
+    if admin_token is None:
+        bootstrap = subprocess.run(
+            [str(AUTHORITY), "bootstrap"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bootstrap.returncode == 0, bootstrap.stderr
+        admin_token = bootstrap.stdout.splitlines()[-1]
+    process, address, log = _start_serving(directory, environment, *arguments)
+    served = ServedProcess(process, address, admin_token, log, environment, arguments)
     try:
         _wait_until_serving(process, address, log)
-        yield ServedProcess(process, address, admin_token, log)
+        yield served
     finally:
-        _stop(process)
+        _stop(served.process)
 
 
 @pytest.fixture(scope="module")

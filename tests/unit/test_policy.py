@@ -251,6 +251,22 @@ def test_members_list_only_their_own_tokens(standing: Standing, listed: str | No
     assert policy.listed_subject(actor(standing)) == listed
 
 
+@pytest.mark.parametrize(
+    ("who", "watched"),
+    [
+        (actor(Standing.GLOBAL, subject="root", organization=None), None),
+        (actor(Standing.OWNER), None),
+        (actor(Standing.ADMIN), None),
+        (actor(Standing.ADMIN, subject=None), None),  # an organisation key
+        (actor(Standing.MEMBER), "alice"),
+    ],
+)
+def test_watchers_see_the_events_of_the_tokens_they_may_list(
+    who: Actor, watched: str | None
+) -> None:
+    assert policy.watched_subject(who) == watched == policy.listed_subject(who)
+
+
 # -- memberships -------------------------------------------------------------------------------
 
 # (caller's standing, the principal's current role, the new role: None removes) -> allowed
@@ -282,4 +298,27 @@ def test_who_may_change_a_membership(
         return
     with pytest.raises(PermissionDenied) as refused:
         policy.may_change_membership(actor(standing), "acme", current, new)
+    assert refused.value.reason is Reason.ROLE_TOO_LOW
+
+
+# -- the audit trail --------------------------------------------------------------------------
+
+# (caller, its standing in acme) -> allowed; an organisation key stands as an admin
+AUDIT_TABLE: list[tuple[Caller, Standing, bool]] = [
+    (GLOBAL_TOKEN, Standing.GLOBAL, True),
+    (caller(), Standing.OWNER, True),
+    (caller(), Standing.ADMIN, True),
+    (ORG_KEY, Standing.ADMIN, True),
+    (caller(), Standing.MEMBER, False),
+    (CONFINED_GLOBAL, Standing.MEMBER, False),
+]
+
+
+@pytest.mark.parametrize(("who", "standing", "allowed"), AUDIT_TABLE)
+def test_who_may_read_the_audit_trail(who: Caller, standing: Standing, allowed: bool) -> None:
+    if allowed:
+        policy.may_read_audit(Actor(who, standing))
+        return
+    with pytest.raises(PermissionDenied) as refused:
+        policy.may_read_audit(Actor(who, standing))
     assert refused.value.reason is Reason.ROLE_TOO_LOW

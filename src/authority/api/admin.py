@@ -1,4 +1,4 @@
-"""Admin servicer: organisations, principals, memberships, cache stats."""
+"""Admin servicer: organisations, principals, memberships, cache stats, the audit trail."""
 
 from __future__ import annotations
 
@@ -94,3 +94,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             self.runtime.organizations.require_global_admin, caller, "read cache stats"
         )
         return convert.cache_stats(self.runtime.validator.stats())
+
+    @management(SERVICE)
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, caller: Caller
+    ) -> pb.ListAuditEventsResponse:
+        page = await self.runtime.run(
+            self.runtime.audit.list_events,
+            caller,
+            convert.audit_filter(request),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListAuditEventsResponse(
+            events=[convert.audit_event(item) for item in page.items],
+            next_page_token=page.next_page_token,
+        )

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from authority.cache.validator import CacheStats
+from authority.domain.audit import AuditFilter
 from authority.domain.errors import InvalidArgument, shown
+from authority.domain.events import EventKind, RecordedEvent, WatchedEvent
 from authority.domain.models import Membership, Organization, Principal, PrincipalKind, Role
 from authority.domain.models import TokenRecord as DomainToken
 from authority.domain.token_format import display_hint
@@ -180,6 +182,35 @@ def batch(
     return token_authority_pb2.ValidateBatchResponse.FromString(b"".join(parts))
 
 
+_TOKEN_EVENT_KINDS = {
+    EventKind.TOKEN_ISSUED: token_authority_pb2.TOKEN_EVENT_KIND_ISSUED,
+    EventKind.TOKEN_CHANGED: token_authority_pb2.TOKEN_EVENT_KIND_CHANGED,
+    EventKind.TOKEN_REVOKED: token_authority_pb2.TOKEN_EVENT_KIND_REVOKED,
+    EventKind.TOKEN_EXPIRED: token_authority_pb2.TOKEN_EVENT_KIND_EXPIRED,
+    EventKind.TOKEN_EXPIRING: token_authority_pb2.TOKEN_EVENT_KIND_EXPIRING,
+}
+
+
+def token_event(watched: WatchedEvent) -> token_authority_pb2.TokenEvent:
+    """A WatchEvents message: ids, names and times only (the log holds no secret)."""
+    recorded = watched.recorded
+    event = recorded.event
+    initiator = event.initiator
+    actor = initiator.principal or (f"key:{initiator.token_id}" if initiator.token_id else "")
+    message = token_authority_pb2.TokenEvent(
+        sequence=recorded.sequence,
+        kind=_TOKEN_EVENT_KINDS.get(event.kind, token_authority_pb2.TOKEN_EVENT_KIND_UNSPECIFIED),
+        token_id=event.token_id or "",
+        organization=event.organization or "",
+        subject=watched.principal or "",
+        occurred_at=timestamp(event.occurred_at),
+        actor=actor,
+    )
+    if watched.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(watched.expires_at))
+    return message
+
+
 def organization(value: Organization) -> admin_pb2.Organization:
     return admin_pb2.Organization(
         name=value.name, display_name=value.display_name, created_at=timestamp(value.created_at)
@@ -213,4 +244,33 @@ def cache_stats(stats: CacheStats) -> admin_pb2.CacheStats:
         store_reads=stats.store_reads,
         invalidations=stats.invalidations,
         max_entries=stats.max_entries,
+    )
+
+
+def audit_filter(request: admin_pb2.ListAuditEventsRequest) -> AuditFilter:
+    return AuditFilter(
+        organization=request.organization,
+        actor=request.actor,
+        action=request.action,
+        object=request.object,
+        since=to_datetime(request.since, "since") if request.HasField("since") else None,
+        until=to_datetime(request.until, "until") if request.HasField("until") else None,
+    )
+
+
+def audit_event(recorded: RecordedEvent) -> admin_pb2.AuditEvent:
+    event = recorded.event
+    return admin_pb2.AuditEvent(
+        sequence=recorded.sequence,
+        occurred_at=timestamp(event.occurred_at),
+        action=event.kind.value,
+        organization=event.organization or "",
+        object=event.subject,
+        token_id=event.token_id or "",
+        actor_principal=event.initiator.principal or "",
+        actor_token_id=event.initiator.token_id or "",
+        peer=event.initiator.peer,
+        request_id=event.initiator.request_id,
+        outcome=event.outcome.value,
+        details=dict(event.details),
     )

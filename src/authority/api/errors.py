@@ -1,18 +1,19 @@
 """The one place where domain errors become gRPC statuses, and where every call is logged.
 
-Servicer methods are wrapped by `management` (authenticates the bearer first) or `public`
-(Validate, Ping). Both map `AuthorityError` to its status with google.rpc details, turn any
-other exception into INTERNAL without leaking a stack trace to the caller, and log one line
-per call: method, status, duration, token id. Never a secret.
+Servicer methods are wrapped by `management` (authenticates the bearer first), `streaming` (the
+same for a server stream) or `public` (Validate, Ping). Each maps `AuthorityError` to its status
+with google.rpc details, turns any other exception into INTERNAL without leaking a stack trace
+to the caller, and logs one line per call: method, status, duration, token id. Never a secret.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -22,6 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from authority.domain import errors
+from authority.domain.audit import Refusal
 from authority.domain.policy import Caller
 
 # By class, and looked up along the class hierarchy (most specific first), so that a new
@@ -51,6 +53,16 @@ class HasRuntime(Protocol):
 
 class HasAuthenticate(Protocol):
     async def authenticate(self, context: Context, permission: str, request_id: str) -> Caller: ...
+    async def record_refusal(self, refusal: Refusal) -> None: ...
+
+
+class ScopeMissing(errors.PermissionDenied):
+    """A valid bearer whose scopes do not cover the method: refused, but its caller is known
+    (and recorded as such in the audit trail)."""
+
+    def __init__(self, message: str, caller: Caller) -> None:
+        super().__init__(message, errors.Reason.SCOPE_MISSING)
+        self.caller = caller
 
 
 # A message longer than this is cut: with the details it must fit gRPC's trailers (8 KiB).
@@ -151,6 +163,24 @@ async def fail(
     await _abort_internal(context, method, error)
 
 
+def refusal_of(
+    method: str, error: Exception, caller: Caller | None, peer: str, request_id: str
+) -> Refusal | None:
+    """What the audit trail records of a failed management call: its status and reason, never
+    its message; of a fault (INTERNAL) only that. None when the store itself is unavailable
+    (there is nowhere to record it, and it is not the caller's doing)."""
+    if isinstance(error, errors.Unavailable):
+        return None
+    if isinstance(error, errors.AuthorityError):
+        code, reason = code_of(error).name, error.reason.value
+    else:
+        code, reason = "INTERNAL", errors.Reason.INTERNAL.value
+    if caller is None and isinstance(error, ScopeMissing):
+        # A valid bearer refused for its scopes is known, though authentication did not end.
+        caller = error.caller
+    return Refusal.of(method, code, reason, caller, peer, request_id)
+
+
 def new_request_id() -> str:
     """Names one call in the log line, the audit trail and nowhere else."""
     return uuid.uuid4().hex[:16]
@@ -177,7 +207,7 @@ def management(
 ]:
     """Authenticate the bearer for the method of `service` named like the handler (the
     method's full name is the permission the bearer needs), run the call, map errors, log
-    one line."""
+    one line. A refused call is also put in the audit trail (`Runtime.record_refusal`)."""
 
     def wrap(
         handler: Callable[[S, Request, Caller], Awaitable[R]],
@@ -189,14 +219,88 @@ def management(
             started = time.perf_counter()
             token_id = ""
             request_id = new_request_id()
+            caller: Caller | None = None
             try:
                 caller = await servicer.runtime.authenticate(context, method, request_id)
                 token_id = caller.token_id
                 result = await handler(servicer, request, caller)
             except Exception as error:
+                refusal = refusal_of(method, error, caller, context.peer(), request_id)
+                if refusal is not None:
+                    await servicer.runtime.record_refusal(refusal)
                 await fail(context, method, error, started, token_id, request_id=request_id)
             log_call(method, "OK", started, token_id, logging.INFO, request_id=request_id)
             return result
+
+        return call
+
+    return wrap
+
+
+# Authenticates the stream's bearer again, now (a revoked or expired bearer raises).
+Reauthenticate = Callable[[], Awaitable[Caller]]
+
+
+def streaming(
+    service: ServiceDescriptor,
+) -> Callable[
+    [Callable[[S, Request, Caller, Reauthenticate], AsyncGenerator[R, None]]],
+    Callable[[S, Request, Context], AsyncIterator[R]],
+]:
+    """`management` for a server stream: authenticate before the first message, map an error
+    raised at any point to its status (with the same ErrorInfo), log one line when the stream
+    ends (OK, its status, or CANCELLED when the caller hung up) with how many messages went.
+
+    The handler is also given a way to authenticate the bearer again, so that a long-lived
+    stream stops once its bearer is revoked or expires.
+    """
+
+    def wrap(
+        handler: Callable[[S, Request, Caller, Reauthenticate], AsyncGenerator[R, None]],
+    ) -> Callable[[S, Request, Context], AsyncIterator[R]]:
+        method = permission_of(service, handler.__name__)
+
+        @functools.wraps(handler)
+        async def call(servicer: S, request: Request, context: Context) -> AsyncIterator[R]:
+            started = time.perf_counter()
+            token_id = ""
+            request_id = new_request_id()
+            sent = 0
+            ended = "CANCELLED"  # unless it ends otherwise: the caller hung up
+            caller: Caller | None = None
+
+            async def authenticate() -> Caller:
+                return await servicer.runtime.authenticate(context, method, request_id)
+
+            try:
+                caller = await authenticate()
+                token_id = caller.token_id
+                async with contextlib.aclosing(
+                    handler(servicer, request, caller, authenticate)
+                ) as messages:
+                    async for message in messages:
+                        yield message
+                        sent += 1
+                ended = "OK"
+            except Exception as error:
+                ended = ""  # `fail` logs the line
+                refusal = refusal_of(method, error, caller, context.peer(), request_id)
+                if refusal is not None:
+                    await servicer.runtime.record_refusal(refusal)
+                await fail(
+                    context, method, error, started, token_id, request_id=request_id, messages=sent
+                )
+            finally:
+                if ended:
+                    log_call(
+                        method,
+                        ended,
+                        started,
+                        token_id,
+                        logging.INFO,
+                        request_id=request_id,
+                        messages=sent,
+                    )
 
         return call
 

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
+from authority.api.errors import ScopeMissing
+from authority.cache.feed import EventListener
 from authority.cache.validator import Validator
 from authority.domain.access import caller_from_entry
+from authority.domain.audit import AuditService, Refusal
 from authority.domain.errors import PermissionDenied, Unauthenticated
 from authority.domain.errors import Reason as ErrorReason
 from authority.domain.organizations import OrganizationService
 from authority.domain.policy import Caller
 from authority.domain.tokens import TokenService
 from authority.domain.validation import Reason
+from authority.domain.watch import EventWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
+log = logging.getLogger("authority.audit")
+# How long a refused call waits at most for its audit row (a store that hangs must not hold
+# the refusal's answer; the row may still be written afterwards).
+REFUSAL_RECORD_TIMEOUT = 2.0
 
 _REFUSALS = {
     Reason.MALFORMED: (
@@ -49,12 +58,21 @@ class Runtime:
         validator: Validator,
         executor: ThreadPoolExecutor,
         batch_max: int,
+        audit: AuditService,
+        *,
+        watch: EventWatch,
+        event_listeners: list[EventListener],
     ) -> None:
         self.tokens = tokens
         self.organizations = organizations
         self.validator = validator
         self.executor = executor
         self.batch_max = batch_max
+        self.audit = audit
+        self.watch = watch
+        # The change feed's: called on the loop with every batch of events this process
+        # applies (WatchEvents streams wake on them).
+        self.event_listeners = event_listeners
 
     async def run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking domain/store code in the bounded database thread pool."""
@@ -83,6 +101,11 @@ class Runtime:
         if scheme.lower() != "bearer" or not credential.strip():
             raise Unauthenticated("the authorization metadata must read `Bearer <token>`")
         verdict = await self.validator.validate(credential.strip(), permission)
+        if verdict.reason is Reason.PERMISSION_DENIED and verdict.entry is not None:
+            raise ScopeMissing(
+                f"the bearer token's scopes do not allow {permission}",
+                caller_from_entry(verdict.entry, context.peer(), request_id),
+            )
         if verdict.reason is Reason.PERMISSION_DENIED:
             raise PermissionDenied(
                 f"the bearer token's scopes do not allow {permission}", ErrorReason.SCOPE_MISSING
@@ -93,3 +116,19 @@ class Runtime:
             )
             raise Unauthenticated(message, reason)
         return caller_from_entry(verdict.entry, context.peer(), request_id)
+
+    async def record_refusal(self, refusal: Refusal) -> None:
+        """Put a refused management call in the audit trail, in a unit of work of its own,
+        unless its organisation's allowance is spent. Never fails, and waits for a hanging
+        store at most REFUSAL_RECORD_TIMEOUT: the refusal is answered whatever happens here."""
+        try:
+            event = self.audit.admit(refusal)
+            if event is not None:
+                await asyncio.wait_for(self.run(self.audit.record, event), REFUSAL_RECORD_TIMEOUT)
+        except Exception as error:
+            # Only the class: a driver's message may quote the statement's parameters.
+            log.warning(
+                "audit: a refused call was not recorded (%s)",
+                type(error).__name__,
+                extra={"rpc_method": refusal.method, "request_id": refusal.initiator.request_id},
+            )

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
-from authority.api import convert
-from authority.api.errors import Context, fail, log_call, management, public
+from authority.api import convert, watch
+from authority.api.errors import (
+    Context,
+    Reauthenticate,
+    fail,
+    log_call,
+    management,
+    public,
+    streaming,
+)
 from authority.api.runtime import Runtime
 from authority.domain.policy import Caller
 from authority.domain.tokens import IssueTokenCommand
@@ -159,6 +168,18 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     async def RevokeToken(self, request: pb.RevokeTokenRequest, caller: Caller) -> pb.Token:
         record = await self.runtime.run(self.runtime.tokens.revoke_token, caller, request.token_id)
         return convert.token(record)
+
+    @streaming(SERVICE)
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, caller: Caller, authenticate: Reauthenticate
+    ) -> AsyncGenerator[pb.TokenEvent, None]:
+        """The organisation's token events after request.after_sequence, then live."""
+        events = watch.follow(
+            self.runtime, caller, authenticate, request.organization, request.after_sequence
+        )
+        async with contextlib.aclosing(events):
+            async for watched in events:
+                yield convert.token_event(watched)
 
     @public(SERVICE)
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:

@@ -103,3 +103,13 @@ def token_event(
 ) -> Event:
     """An event about one token (what the caches and WatchEvents follow)."""
     return Event(kind, at, actor, organization, token_id, token_id, Outcome.OK, details)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedEvent:
+    """A token event as WatchEvents shows it, with the token's principal and expiry as they
+    stand (read with the event, from the token's row)."""
+
+    recorded: RecordedEvent
+    principal: str | None
+    expires_at: datetime | None

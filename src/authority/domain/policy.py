@@ -198,6 +198,12 @@ def listed_subject(actor: Actor) -> str | None:
     return actor.caller.subject if actor.standing is Standing.MEMBER else None
 
 
+def watched_subject(actor: Actor) -> str | None:
+    """Whose token events WatchEvents shows: the tokens a listing shows, so that following the
+    events never reveals a token ListTokens hides (a member's own only; None: every token)."""
+    return listed_subject(actor)
+
+
 def may_change_membership(
     actor: Actor, organization: str, current: Role | None, new: Role | None
 ) -> None:
@@ -215,3 +221,12 @@ def may_change_membership(
     raise PermissionDenied(
         f"members of {shown(organization)} may not manage its members", Reason.ROLE_TOO_LOW
     )
+
+
+def may_read_audit(actor: Actor) -> None:
+    """The audit trail of an organisation: its owners and admins (organisation keys stand as
+    admins) and global administrators; members may not read who did what to whom."""
+    if actor.standing < Standing.ADMIN:
+        raise PermissionDenied(
+            "only owners and admins may read the organisation's audit trail", Reason.ROLE_TOO_LOW
+        )

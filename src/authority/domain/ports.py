@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from authority.domain.events import Event, RecordedEvent
+from authority.domain.events import Event, RecordedEvent, WatchedEvent
 from authority.domain.models import Membership, Organization, Principal, Role, TokenRecord
 
 T = TypeVar("T")
@@ -28,6 +29,22 @@ class Hold(enum.Enum):
     ADD = "add"
     # Changes who belongs or what is alive (members, roles, revocations): exclusive.
     CHANGE = "change"
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which events of the change log to read; None (or empty) matches everything."""
+
+    # None: every organisation's, and the installation-wide events too.
+    organization: str | None = None
+    actor_principal: str | None = None
+    # An organisation key (a token with no subject) as the actor.
+    actor_token_id: str | None = None
+    kind: str | None = None
+    subject: str | None = None
+    # At or after `since`, before `until` (by occurred_at).
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 class Transaction(Protocol):
@@ -90,9 +107,38 @@ class Transaction(Protocol):
     def get_fact(self, name: str) -> str | None: ...
     def add_fact(self, name: str, value: str) -> None: ...
 
+    def find_events(
+        self, query: EventQuery, cursor: int | None, limit: int, newest_first: bool = True
+    ) -> list[RecordedEvent]:
+        """Events matching `query` in sequence order, from the `cursor` sequence (exclusive):
+        below it newest first, above it oldest first."""
+        ...
+
+    def delete_events_before(self, cutoff: datetime, limit: int) -> int:
+        """Delete at most `limit` of the oldest events that occurred before `cutoff`, never the
+        newest event of all (so that sequence numbers never go back); how many went."""
+        ...
+
     def record(self, event: Event) -> None:
         """Append an event to the change log as part of this unit of work: written with the
         commit (or not at all), then handed to the dispatcher."""
+        ...
+
+    def token_events_after(
+        self, organization: str, principal: str | None, after: int, limit: int
+    ) -> list[WatchedEvent]:
+        """The organisation's token events after sequence `after`, oldest first, at most
+        `limit`; only those of `principal`'s tokens unless it is None."""
+        ...
+
+    def claim_expired(self, now: datetime, limit: int) -> list[TokenRecord]:
+        """Mark at most `limit` tokens that expired by `now` and were not yet announced as
+        announced, and return them. Each token is claimed once however many units of work
+        sweep at the same time (PostgreSQL: rows another holds are skipped)."""
+        ...
+
+    def claim_expiring(self, horizon: datetime, now: datetime, limit: int) -> list[TokenRecord]:
+        """The same for tokens that expire by `horizon` and were not yet warned of."""
         ...
 
 

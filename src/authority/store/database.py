@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, pool, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The session-level advisory lock `migrate` holds on PostgreSQL (the change log's append lock,
+# store/repository.py, is another key).
+_MIGRATION_LOCK_KEY = 0x70A7_4A01
 
 
 def is_sqlite(url: str) -> bool:
@@ -86,12 +93,49 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
-    if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    """Bring the schema to the newest revision (idempotent).
+
+    Safe when several processes start at once (replicas, `serve --workers N`): the upgrade
+    runs under a lock, so that one process migrates and the others, once they get the lock,
+    find the schema at head and do nothing.
+    """
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """PostgreSQL: an advisory lock held by a connection of its own for the whole upgrade.
+    SQLite: an exclusive flock on a file beside the database (`<file>.migrate-lock`)."""
+    if not is_sqlite(url):
+        engine = create_engine(normalize_url(url), poolclass=pool.NullPool)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+                try:
+                    yield
+                finally:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                    )
+        finally:
+            engine.dispose()
+        return
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        yield  # a database no other process can see
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Never removed: deleting a lock file lets two processes lock two different files.
+    descriptor = os.open(f"{path}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def schema_is_current(engine: Engine) -> bool:

@@ -24,10 +24,18 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from authority.domain.errors import AlreadyExists, Reason, Unavailable
-from authority.domain.events import Event, EventKind, Initiator, Outcome, RecordedEvent
+from authority.domain.events import (
+    TOKEN_KINDS,
+    Event,
+    EventKind,
+    Initiator,
+    Outcome,
+    RecordedEvent,
+    WatchedEvent,
+)
 from authority.domain.models import (
     Membership,
     Organization,
@@ -36,7 +44,7 @@ from authority.domain.models import (
     Role,
     TokenRecord,
 )
-from authority.domain.ports import Hold, Transaction
+from authority.domain.ports import EventQuery, Hold, Transaction
 from authority.store.schema import (
     EventRow,
     FactRow,
@@ -177,6 +185,58 @@ class SqlTransaction:
             RecordedEvent(sequence, event)
             for sequence, event in zip(sequences, self.events, strict=True)
         ]
+
+    # the audit trail
+    def find_events(
+        self, query: EventQuery, cursor: int | None, limit: int, newest_first: bool = True
+    ) -> list[RecordedEvent]:
+        # Every filter is an equality or a range beside the sequence order, so that an index
+        # (organization, seq), (actor_principal, seq), (subject, seq) or the primary key serves
+        # each page from the cursor on, however long the log.
+        statement = select(EventRow).limit(limit)
+        if newest_first:
+            statement = statement.order_by(EventRow.seq.desc())
+            if cursor is not None:
+                statement = statement.where(EventRow.seq < cursor)
+        else:
+            statement = statement.order_by(EventRow.seq)
+            if cursor is not None:
+                statement = statement.where(EventRow.seq > cursor)
+        equalities = (
+            (EventRow.organization, query.organization),
+            (EventRow.actor_principal, query.actor_principal),
+            (EventRow.actor_token_id, query.actor_token_id),
+            (EventRow.kind, query.kind),
+            (EventRow.subject, query.subject),
+        )
+        for column, value in equalities:
+            if value is not None:
+                statement = statement.where(column == value)
+        if query.actor_token_id is not None:
+            statement = statement.where(EventRow.actor_principal.is_(None))
+        if query.since is not None:
+            statement = statement.where(EventRow.occurred_at >= query.since)
+        if query.until is not None:
+            statement = statement.where(EventRow.occurred_at < query.until)
+        return [_event_from_row(row) for row in self._session.scalars(statement)]
+
+    def delete_events_before(self, cutoff: datetime, limit: int) -> int:
+        # The newest event stays whatever its age: on SQLite the next sequence number is the
+        # largest one left plus one, and a log emptied to nothing would start again at 1
+        # behind every follower's position.
+        newest = select(func.max(EventRow.seq)).scalar_subquery()
+        doomed = (
+            select(EventRow.seq)
+            .where(EventRow.occurred_at < cutoff, EventRow.seq < newest)
+            .order_by(EventRow.seq)
+            .limit(limit)
+        )
+        result = self._session.execute(
+            delete(EventRow)
+            .where(EventRow.seq.in_(doomed.scalar_subquery()))
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     # locks (SQLite needs none: its writers begin IMMEDIATE, one at a time)
     def lock_organization(self, name: str, hold: Hold) -> Organization | None:
@@ -387,6 +447,74 @@ class SqlTransaction:
         )
         self._session.expire_all()
         return self.get_token(token_id)
+
+    # WatchEvents and the expiry sweep
+    def token_events_after(
+        self, organization: str, principal: str | None, after: int, limit: int
+    ) -> list[WatchedEvent]:
+        # The (organization, seq) index serves the range from `after` on, however long the log;
+        # the token's row (by its unique id) adds its principal and expiry.
+        query = (
+            select(EventRow, TokenRow.subject, TokenRow.expires_at)
+            .outerjoin(TokenRow, TokenRow.token_id == EventRow.token_id)
+            .where(
+                EventRow.organization == organization,
+                EventRow.seq > after,
+                EventRow.kind.in_(sorted(TOKEN_KINDS)),
+            )
+            .order_by(EventRow.seq)
+            .limit(limit)
+        )
+        if principal is not None:
+            query = query.where(TokenRow.subject == principal)
+        return [
+            WatchedEvent(_event_from_row(row), subject, expires_at)
+            for row, subject, expires_at in self._session.execute(query)
+        ]
+
+    def claim_expired(self, now: datetime, limit: int) -> list[TokenRecord]:
+        return self._claim(TokenRow.expiry_announced_at, now, now, limit)
+
+    def claim_expiring(self, horizon: datetime, now: datetime, limit: int) -> list[TokenRecord]:
+        return self._claim(TokenRow.expiring_announced_at, horizon, now, limit)
+
+    def _claim(
+        self,
+        announced: InstrumentedAttribute[datetime | None],
+        horizon: datetime,
+        now: datetime,
+        limit: int,
+    ) -> list[TokenRecord]:
+        """Set `announced` on tokens expiring by `horizon` that lack it, in one statement.
+
+        On PostgreSQL the candidates are locked FOR UPDATE SKIP LOCKED, so that sweeps running
+        side by side (one per replica) claim disjoint tokens and never wait on each other; the
+        outer condition is re-checked on each row, so a token another sweep committed meanwhile
+        is not claimed twice. SQLite runs one writer at a time (BEGIN IMMEDIATE).
+        """
+        pending = (
+            select(TokenRow.seq)
+            .where(
+                TokenRow.expires_at.is_not(None),
+                announced.is_(None),
+                TokenRow.expires_at <= horizon,
+            )
+            .order_by(TokenRow.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = self._session.execute(
+            update(TokenRow)
+            .where(TokenRow.seq.in_(pending.scalar_subquery()), announced.is_(None))
+            .values({announced: now})
+            .returning(*_TOKEN_COLUMNS)
+            .execution_options(synchronize_session=False)
+        )
+        # In the order they expired: the events are recorded (and numbered) in this order.
+        return sorted(
+            (_token_from_row(row) for row in result),
+            key=lambda record: (record.expires_at or now, record.token_id),
+        )
 
 
 class SqlStore:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -102,10 +103,27 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(String(160))
+    # When the change log told of its expiry (token.expired) and of its coming expiry
+    # (token.expiring): set once, in the unit of work that records the event.
+    expiry_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expiring_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_tokens_organization_seq", "organization", "seq"),
         Index("ix_tokens_organization_subject_seq", "organization", "subject", "seq"),
+        # Only the tokens still to announce (see migration 0004).
+        Index(
+            "ix_tokens_expiry_announced_pending",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND expiry_announced_at IS NULL"),
+            sqlite_where=text("expires_at IS NOT NULL AND expiry_announced_at IS NULL"),
+        ),
+        Index(
+            "ix_tokens_expiring_announced_pending",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND expiring_announced_at IS NULL"),
+            sqlite_where=text("expires_at IS NOT NULL AND expiring_announced_at IS NULL"),
+        ),
     )
 
 
@@ -146,4 +164,7 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_events_organization_seq", "organization", "seq"),
         Index("ix_events_occurred_at", "occurred_at"),
+        # The audit trail's filters (migration 0005).
+        Index("ix_events_actor_principal_seq", "actor_principal", "seq"),
+        Index("ix_events_subject_seq", "subject", "seq"),
     )

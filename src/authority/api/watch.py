@@ -1,0 +1,71 @@
+"""WatchEvents: one organisation's token events from a position, the history and then live.
+
+The store is the source of truth. The stream reads the log in pages after the last sequence it
+sent until it has caught up, then waits. The change feed wakes it when this process applies
+events of that organisation (its own commits at once, other processes' as soon as the feed
+reads them); the stream then reads the store again after its last sequence. The batch that
+woke it is never sent as such, so a consumer that resumes from the last sequence it saw misses
+nothing and sees nothing twice (sequences become visible in commit order), and a wake-up that
+never comes costs at most RECHECK_SECONDS.
+
+Before each read after a wait the bearer is authenticated again (a cache hit unless it
+changed) and the caller's standing re-resolved with the read: a revoked bearer ends the stream
+with UNAUTHENTICATED at the next event, or within RECHECK_SECONDS if none comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING
+
+from authority.api.errors import Reauthenticate
+from authority.domain.events import RecordedEvent, WatchedEvent
+from authority.domain.policy import Caller
+from authority.domain.watch import MAX_PAGE, check_watch
+
+if TYPE_CHECKING:
+    from authority.api.runtime import Runtime
+
+# Read the log (and re-check the bearer) at least this often when no event wakes the stream.
+RECHECK_SECONDS = 5.0
+
+
+async def follow(
+    runtime: Runtime,
+    caller: Caller,
+    authenticate: Reauthenticate,
+    organization: str,
+    after_sequence: int,
+) -> AsyncGenerator[WatchedEvent, None]:
+    """The organisation's token events after `after_sequence` the caller may see, in order,
+    until the caller hangs up (or its bearer or standing goes)."""
+    check_watch(organization, after_sequence)
+    wake = asyncio.Event()
+    bearer_id = caller.token_id
+
+    def on_events(batch: Sequence[RecordedEvent]) -> None:
+        # Called on the loop with every batch this process applies: cheap, never raises.
+        if not wake.is_set() and any(
+            recorded.event.organization == organization or recorded.event.token_id == bearer_id
+            for recorded in batch
+        ):
+            wake.set()
+
+    runtime.event_listeners.append(on_events)
+    last = after_sequence
+    try:
+        while True:
+            wake.clear()  # before the read: an event committed during it wakes the next one
+            page = await runtime.run(runtime.watch.page, caller, organization, last, MAX_PAGE)
+            for watched in page:
+                yield watched
+                last = watched.recorded.sequence
+            if len(page) == MAX_PAGE:
+                continue  # more history to read at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), RECHECK_SECONDS)
+            caller = await authenticate()
+    finally:
+        runtime.event_listeners.remove(on_events)
