@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -204,52 +204,47 @@ async def start_server(application: Application) -> RunningServer:
     await report(True)
     application.feed.health_listeners.append(lambda serving: _spawn(report(serving)))
     running = RunningServer(server, port, application)
-    if application.settings.audit_retention_days > 0:
-        running.background.append(asyncio.create_task(_enforce_retention(application)))
-    if application.settings.expiry_sweep_seconds > 0:
-        running.background.append(asyncio.create_task(_announce_expiries(application)))
+    settings = application.settings
+    if settings.audit_retention_days > 0:
+        retention = _periodically(
+            application,
+            settings.audit_retention_interval_seconds,
+            application.audit.enforce_retention,
+            "audit retention: deleted events past the retention",
+        )
+        running.background.append(asyncio.create_task(retention))
+    if settings.expiry_sweep_seconds > 0:
+        sweep = _periodically(
+            application,
+            settings.expiry_sweep_seconds,
+            application.expiry.sweep,
+            "expiry sweep: recorded expiries that came due",
+        )
+        running.background.append(asyncio.create_task(sweep))
     return running
 
 
-async def _announce_expiries(application: Application) -> None:
-    """Record expiries as they come due, every interval. Every replica sweeps; each expiry is
-    claimed by one of them. A failure is logged once and the sweep tried again next time."""
+async def _periodically(
+    application: Application, seconds: float, work: Callable[[], object], what: str
+) -> None:
+    """Run `work` in the database pool at start and then every `seconds`; a failure is logged
+    once (only its class: a driver's message may quote the statement's parameters) and tried
+    again next time. Every replica runs its own: the work must be safe to race (it is claimed
+    or idempotent in the store)."""
     loop = asyncio.get_running_loop()
     failing = False
     while True:
         try:
-            await loop.run_in_executor(application.executor, application.expiry.sweep)
+            done = await loop.run_in_executor(application.executor, work)
             failing = False
+            if isinstance(done, int) and done > 0:
+                log.info(what, extra={"count": done})
         except Exception as error:
             if not failing:
-                # Only the class: a driver's message may quote the statement's parameters.
-                log.warning("expiry sweep failed (%s); retrying", type(error).__name__)
+                log.warning("%s failed (%s); retrying", what, type(error).__name__)
             failing = True
-        await asyncio.sleep(application.settings.expiry_sweep_seconds)
-
-
-async def _enforce_retention(application: Application) -> None:
-    """Delete audit events past the retention at start, then every interval (each replica
-    does; the deletes are idempotent). A failure is logged and tried again next time."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            deleted = await loop.run_in_executor(
-                application.executor, application.audit.enforce_retention
-            )
-            if deleted:
-                log.info(
-                    "audit retention: deleted old events",
-                    extra={
-                        "deleted": deleted,
-                        "retention_days": application.settings.audit_retention_days,
-                    },
-                )
-        except Exception as error:
-            # Only the class: a driver's message may quote the statement's parameters.
-            log.warning("audit retention failed (%s); retrying later", type(error).__name__)
         # (A floor, so that a zero interval cannot turn this into a busy loop on the store.)
-        await asyncio.sleep(max(application.settings.audit_retention_interval_seconds, 0.01))
+        await asyncio.sleep(max(seconds, 0.01))
 
 
 def _spawn(work: Coroutine[Any, Any, None]) -> None:

@@ -181,6 +181,24 @@ def refusal_of(
     return Refusal.of(method, code, reason, caller, peer, request_id)
 
 
+async def refuse(
+    servicer: HasRuntime,
+    context: Context,
+    method: str,
+    error: Exception,
+    caller: Caller | None,
+    started: float,
+    request_id: str,
+    **fields: object,
+) -> NoReturn:
+    """End a failed management call: record the refusal in the audit trail, then `fail`."""
+    refusal = refusal_of(method, error, caller, context.peer(), request_id)
+    if refusal is not None:
+        await servicer.runtime.record_refusal(refusal)
+    token_id = caller.token_id if caller is not None else ""
+    await fail(context, method, error, started, token_id, request_id=request_id, **fields)
+
+
 def new_request_id() -> str:
     """Names one call in the log line, the audit trail and nowhere else."""
     return uuid.uuid4().hex[:16]
@@ -225,10 +243,7 @@ def management(
                 token_id = caller.token_id
                 result = await handler(servicer, request, caller)
             except Exception as error:
-                refusal = refusal_of(method, error, caller, context.peer(), request_id)
-                if refusal is not None:
-                    await servicer.runtime.record_refusal(refusal)
-                await fail(context, method, error, started, token_id, request_id=request_id)
+                await refuse(servicer, context, method, error, caller, started, request_id)
             log_call(method, "OK", started, token_id, logging.INFO, request_id=request_id)
             return result
 
@@ -283,12 +298,9 @@ def streaming(
                         sent += 1
                 ended = "OK"
             except Exception as error:
-                ended = ""  # `fail` logs the line
-                refusal = refusal_of(method, error, caller, context.peer(), request_id)
-                if refusal is not None:
-                    await servicer.runtime.record_refusal(refusal)
-                await fail(
-                    context, method, error, started, token_id, request_id=request_id, messages=sent
+                ended = ""  # `refuse` logs the line
+                await refuse(
+                    servicer, context, method, error, caller, started, request_id, messages=sent
                 )
             finally:
                 if ended:
