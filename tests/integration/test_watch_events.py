@@ -282,6 +282,38 @@ def test_watchers_see_what_they_may_list_and_nothing_of_another_organisation(
     assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_resuming_from_before_what_the_retention_kept_is_refused_not_silently_skipped(
+    blank_database: str,
+) -> None:
+    admin_token = bootstrap_admin(blank_database)
+    admin = bearer(admin_token)
+    with serve(
+        blank_database, audit_retention_days=30, audit_retention_interval_seconds=0.05
+    ) as server:
+        org = make_org(server, admin_token)
+        first = issue(server, admin, org)
+        seen = take(watch(server, admin, org), 1)[0].sequence  # a consumer saw this, and left
+        issue(server, admin, org)
+        server.clock.advance(timedelta(days=31).total_seconds())  # the retention prunes
+        fresh = issue(server, admin, org)  # newer than the cutoff: kept
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                take(watch(server, admin, org, after=seen), 1)
+            except grpc.RpcError as error:
+                gone = error
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the retention never pruned the events after the position")
+        from_now = take(watch(server, admin, org, after=0), 1)
+
+    assert gone.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(gone) == "POSITION_EXPIRED"
+    assert first.token.token_id not in gone.details()
+    assert [event.token_id for event in from_now] == [fresh.token.token_id]
+
+
 @pytest.mark.parametrize(
     ("organization", "after", "field"),
     [("", 0, "organization"), ("Not An Org!", 0, "organization"), (None, -1, "after_sequence")],

@@ -116,7 +116,12 @@ class Transaction(Protocol):
 
     def delete_events_before(self, cutoff: datetime, limit: int) -> int:
         """Delete at most `limit` of the oldest events that occurred before `cutoff`, never the
-        newest event of all (so that sequence numbers never go back); how many went."""
+        newest event of all (so that sequence numbers never go back); how many went. The
+        newest sequence deleted is remembered (`events_purged_through`)."""
+        ...
+
+    def events_purged_through(self) -> int:
+        """The newest sequence number the retention has deleted (0: none)."""
         ...
 
     def record(self, event: Event) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from authority.domain import policy
 from authority.domain.access import Access
-from authority.domain.errors import InvalidArgument
+from authority.domain.errors import FailedPrecondition, InvalidArgument, Reason
 from authority.domain.events import WatchedEvent
 from authority.domain.models import check_organization_name
 from authority.domain.policy import Caller
@@ -51,6 +51,14 @@ class EventWatch:
         def work(tx: Transaction) -> list[WatchedEvent]:
             actor = self._access.authorize(tx, caller, organization, Hold.READ)
             principal = policy.watched_subject(actor)
+            purged = tx.events_purged_through()
+            if 0 < after_sequence < purged:
+                raise FailedPrecondition(
+                    f"events after {after_sequence} up to {purged} are past the audit "
+                    "retention and gone: list the organisation's tokens again, then watch "
+                    f"from {purged}",
+                    Reason.POSITION_EXPIRED,
+                )
             return tx.token_events_after(organization, principal, after_sequence, limit)
 
         return self._store.run(work)

@@ -67,6 +67,8 @@ _EVENTS_LOCK_KEY = 0x70A7_4A12
 # The PostgreSQL channel on which a commit announces its newest sequence number.
 EVENTS_CHANNEL = "authority_events"
 Dispatcher = Callable[[list[RecordedEvent]], None]
+# The fact naming the newest sequence number the audit retention has deleted.
+EVENTS_PURGED_THROUGH = "events_purged_through"
 
 _TOKEN_COLUMNS = (
     TokenRow.token_id,
@@ -224,6 +226,7 @@ class SqlTransaction:
         # The newest event stays whatever its age: on SQLite the next sequence number is the
         # largest one left plus one, and a log emptied to nothing would start again at 1
         # behind every follower's position.
+        self.lock_global()  # replicas prune one at a time (and record how far, once)
         newest = select(func.max(EventRow.seq)).scalar_subquery()
         doomed = (
             select(EventRow.seq)
@@ -234,9 +237,27 @@ class SqlTransaction:
         result = self._session.execute(
             delete(EventRow)
             .where(EventRow.seq.in_(doomed.scalar_subquery()))
+            .returning(EventRow.seq)
             .execution_options(synchronize_session=False)
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        deleted = list(result.scalars())
+        if deleted:
+            # A follower resuming from before this point would miss events: it is told so.
+            purged = max(deleted)
+            stored = self.get_fact(EVENTS_PURGED_THROUGH)
+            if stored is None:
+                self.add_fact(EVENTS_PURGED_THROUGH, str(purged))
+            elif int(stored) < purged:
+                self._session.execute(
+                    update(FactRow)
+                    .where(FactRow.name == EVENTS_PURGED_THROUGH)
+                    .values(value=str(purged))
+                )
+        return len(deleted)
+
+    def events_purged_through(self) -> int:
+        stored = self.get_fact(EVENTS_PURGED_THROUGH)
+        return int(stored) if stored is not None else 0
 
     # locks (SQLite needs none: its writers begin IMMEDIATE, one at a time)
     def lock_organization(self, name: str, hold: Hold) -> Organization | None:
