@@ -236,7 +236,8 @@ def all_organizations(server: ServerHandle, metadata: Metadata, page_size: int =
 
 
 def management_calls(organization: str, token_id: str) -> list[tuple[str, str, Any]]:
-    """(stub, method, a well-formed request) for every call that needs a bearer token."""
+    """(stub, method, a well-formed request) for every unary call that needs a bearer token
+    (WatchEvents, a stream, is covered by the isolation matrix and its own tests)."""
     principal = "someone"
     return [
         ("tokens", "IssueToken", pb.IssueTokenRequest(organization=organization, label="x")),
@@ -264,6 +265,7 @@ def management_calls(organization: str, token_id: str) -> list[tuple[str, str, A
         ),
         ("admin", "ListMembers", admin_pb2.ListMembersRequest(organization=organization)),
         ("admin", "GetCacheStats", admin_pb2.GetCacheStatsRequest()),
+        ("admin", "ListAuditEvents", admin_pb2.ListAuditEventsRequest(organization=organization)),
     ]
 
 

@@ -237,6 +237,30 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
         "revoked":    (REVOKED,  REVOKED),
         "expired":    (EXPIRED,  EXPIRED),
     },
+    "ListAuditEvents": {
+        "global":     (OK,       OK),
+        "confined":   (OK,       NO_ORG),
+        "owner":      (OK,       NO_ORG),
+        "admin":      (OK,       NO_ORG),
+        "member":     (TOO_LOW,  NO_ORG),  # the trail is for owners and admins
+        "key_full":   (OK,       NO_ORG),  # a key stands as an admin
+        "key_narrow": (NO_SCOPE, NO_SCOPE),
+        "stranger":   (OK,       NO_ORG),
+        "revoked":    (REVOKED,  REVOKED),
+        "expired":    (EXPIRED,  EXPIRED),
+    },
+    "WatchEvents": {
+        "global":     (OK,       OK),
+        "confined":   (OK,       NO_ORG),
+        "owner":      (OK,       NO_ORG),
+        "admin":      (OK,       NO_ORG),
+        "member":     (OK,       NO_ORG),  # events of its own tokens only
+        "key_full":   (OK,       NO_ORG),
+        "key_narrow": (NO_SCOPE, NO_SCOPE),
+        "stranger":   (OK,       NO_ORG),
+        "revoked":    (REVOKED,  REVOKED),
+        "expired":    (EXPIRED,  EXPIRED),
+    },
     "GetCacheStats": {
         "global":     (OK,          OK),
         "confined":   (GLOBAL_ONLY, GLOBAL_ONLY),
@@ -360,6 +384,8 @@ class Action:
     request: Any
     accepted: Callable[[Any], None]  # checks on the response of an OK cell
     unchanged: Callable[[], None] = lambda: None  # checks that a refusal changed nothing
+    # A server stream answers with its first message (or the error that ends it).
+    streaming: bool = False
 
 
 def issue_token(w: World, caller: str, org: str) -> Action:
@@ -507,6 +533,25 @@ def get_cache_stats(w: World, caller: str, org: str) -> Action:
     return Action("admin", "GetCacheStats", admin_pb2.GetCacheStatsRequest(), accepted)
 
 
+def list_audit_events(w: World, caller: str, org: str) -> Action:
+    def accepted(response: admin_pb2.ListAuditEventsResponse) -> None:
+        assert response.events, "the organisation was created and used: it has a trail"
+        assert {event.organization for event in response.events} == {org}
+
+    request = admin_pb2.ListAuditEventsRequest(organization=org)
+    return Action("admin", "ListAuditEvents", request, accepted)
+
+
+def watch_events(w: World, caller: str, org: str) -> Action:
+    def accepted(event: pb.TokenEvent) -> None:
+        assert event.organization == org
+        if caller == "member":
+            assert event.subject == w.member.name  # the first of its own tokens' events
+
+    request = pb.WatchEventsRequest(organization=org)
+    return Action("tokens", "WatchEvents", request, accepted, streaming=True)
+
+
 PREPARE: dict[str, Callable[[World, str, str], Action]] = {
     "IssueToken": issue_token,
     "GetToken": token_call("GetToken", "member"),
@@ -520,6 +565,8 @@ PREPARE: dict[str, Callable[[World, str, str], Action]] = {
     "AddMember": add_member_call,
     "RemoveMember": remove_member_call,
     "ListMembers": list_members_call,
+    "ListAuditEvents": list_audit_events,
+    "WatchEvents": watch_events,
     "GetCacheStats": get_cache_stats,
 }
 assert set(PREPARE) == set(EXPECTED)
@@ -534,6 +581,12 @@ def test_isolation_matrix(
     organization = world.target(caller, target)
     action = PREPARE[call](world, caller, organization)
     rpc = rpc_of(world.server, action.stub, action.method)
+    if action.streaming:
+        stream = rpc
+
+        def rpc(request: Any, metadata: Metadata) -> Any:
+            return next(iter(stream(request, metadata=metadata, timeout=10)))
+
     if caller == "expired":
         clock.advance(EXPIRED_TTL + 1)  # put back by the fixture
 
