@@ -24,7 +24,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -34,6 +34,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from authority.domain.audit import KEY_PREFIX, MAX_OBJECT
+from authority.domain.events import EventKind
 from authority.domain.validation import MAX_REQUEST_ID
 from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
@@ -88,6 +90,7 @@ REASONS = {
     "SUBJECT_NOT_A_MEMBER",
     "LAST_OWNER",
     "LAST_GLOBAL_ADMIN_TOKEN",
+    "POSITION_EXPIRED",
 }
 MAX_MESSAGE = 1000
 # A message may quote this much of a bad value, never more.
@@ -96,6 +99,8 @@ SECRET_RUN = re.compile(r"[0-9A-Za-z]{32,}")
 TOKEN_SHAPED = re.compile(r"tka_[0-9A-Za-z]{4,}")
 BATCH_MAX = 1000  # AUTHORITY_VALIDATE_BATCH_MAX of the deployment (the default)
 CALL_TIMEOUT = 60
+# How long a WatchEvents stream is given to send its first message or the error that ends it.
+WATCH_DEADLINE = 2.0
 
 # -- the arena -------------------------------------------------------------------------------
 
@@ -122,6 +127,9 @@ class Arena:
     secrets: tuple[str, ...]
     tokens_page_token: str
     organizations_page_token: str
+    audit_page_token: str
+    # The newest event of the arena when it was made (WatchEvents is quiet after it).
+    newest_sequence: int
     # The last snapshot taken, while nothing has been accepted since: the `before` of the next
     # call (a test's examples run one after the other on this arena, and nothing else uses it).
     last_snapshot: list[Snapshot] = field(default_factory=list)
@@ -138,6 +146,14 @@ def _page_token(server: ServerHandle, admin: Metadata, org: str) -> str:
         pb.ListTokensRequest(organization=org, page_size=1, include_revoked=True), metadata=admin
     )
     return str(page.next_page_token)
+
+
+def _newest_audit_event(server: ServerHandle, admin: Metadata, org: str) -> tuple[str, int]:
+    """A page token of the arena's audit trail, and the sequence of its newest event."""
+    page = server.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(organization=org, page_size=1), metadata=admin
+    )
+    return str(page.next_page_token), int(page.events[0].sequence)
 
 
 @pytest.fixture
@@ -162,6 +178,7 @@ def arena(server: ServerHandle, admin_token: str) -> Arena:
     outsider = make_user_with_token(server, admin_token, other_org, "owner")
     outside_key = make_org_key(server, admin_token, other_org, ["all"])
     callers = (owner, manager, member)
+    audit_page_token, newest_sequence = _newest_audit_event(server, admin, org)
     return Arena(
         server=server,
         admin_token=admin_token,
@@ -213,6 +230,8 @@ def arena(server: ServerHandle, admin_token: str) -> Arena:
                 admin_pb2.ListOrganizationsRequest(page_size=1), metadata=admin
             ).next_page_token
         ),
+        audit_page_token=audit_page_token,
+        newest_sequence=newest_sequence,
     )
 
 
@@ -551,6 +570,15 @@ def page_tokens(real: str, other_queries: list[object]) -> st.SearchStrategy[str
     return st.one_of(*forged)
 
 
+T = TypeVar("T")
+
+
+def mostly(valid: T, other: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """`valid` about half the time, else `other`. (Hypothesis rarely picks a `st.just` branch
+    of `one_of`, so a call would almost never get past its first check: this one does.)"""
+    return st.booleans().flatmap(lambda pick: st.just(valid) if pick else other)
+
+
 def bearer_metadata(arena: Arena) -> st.SearchStrategy[Metadata]:
     """One of the arena's callers, most often the global administrator, or a hostile header."""
     printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
@@ -565,11 +593,12 @@ def bearer_metadata(arena: Arena) -> st.SearchStrategy[Metadata]:
     )
     # The administrator half of the time: its calls get past authentication, so they reach
     # every field's validation and the store.
-    return st.one_of(
-        st.just(arena.admin),
-        st.just(arena.admin),
-        st.sampled_from(list(arena.bearers.values())),
-        hostile.map(lambda value: (("authorization", value),)),
+    return mostly(
+        arena.admin,
+        st.one_of(
+            st.sampled_from(list(arena.bearers.values())),
+            hostile.map(lambda value: (("authorization", value),)),
+        ),
     )
 
 
@@ -610,13 +639,11 @@ def with_unknown(request: Message, extra: bytes) -> Message:
 @given(data=st.data())
 def test_issue_token(arena: Arena, data: st.DataObject) -> None:
     request = pb.IssueTokenRequest(
-        organization=data.draw(
-            st.one_of(st.just(arena.org), organization_names(arena)), "organization"
-        ),
-        label=data.draw(st.one_of(st.just("ci"), HOSTILE), "label"),
-        description=data.draw(st.one_of(st.just(""), HOSTILE), "description"),
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
+        label=data.draw(mostly("ci", HOSTILE), "label"),
+        description=data.draw(mostly("", HOSTILE), "description"),
         subject=data.draw(
-            st.one_of(st.just(""), principal_names(arena, (*arena.callers, *arena.victims))),
+            mostly("", principal_names(arena, (*arena.callers, *arena.victims))),
             "subject",
         ),
         scopes=data.draw(SCOPES, "scopes"),
@@ -647,12 +674,10 @@ def test_list_tokens(arena: Arena, data: st.DataObject) -> None:
         ["organizations", None],
     ]
     request = pb.ListTokensRequest(
-        organization=data.draw(
-            st.one_of(st.just(arena.org), organization_names(arena)), "organization"
-        ),
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
         page_size=data.draw(PAGE_SIZE, "page_size"),
         page_token=data.draw(
-            st.one_of(st.just(""), page_tokens(arena.tokens_page_token, other_queries)),
+            mostly("", page_tokens(arena.tokens_page_token, other_queries)),
             "page_token",
         ),
         include_revoked=data.draw(st.booleans(), "include_revoked"),
@@ -673,6 +698,53 @@ def test_revoke_token(arena: Arena, data: st.DataObject) -> None:
     call(arena, arena.server.tokens.RevokeToken, request, data.draw(bearer_metadata(arena)))
 
 
+def check_secret_free(arena: Arena, answer: Message) -> None:
+    """What the change log sends back never carries a token value."""
+    raw = answer.SerializeToString()
+    for secret in arena.secrets:
+        assert secret.encode() not in raw, f"an answer carries a token value: {answer}"
+
+
+@given(data=st.data())
+def test_watch_events(arena: Arena, data: st.DataObject) -> None:
+    # Mostly positions inside the arena's history (the first event comes at once): a stream
+    # that has nothing to send costs the whole deadline.
+    newest = arena.newest_sequence
+    request = pb.WatchEventsRequest(
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
+        after_sequence=data.draw(
+            st.one_of(
+                st.sampled_from([0, 1, newest - 1, newest, -1, -(2**63), 2**63 - 1]),
+                st.integers(-2, newest + 2),
+                INT64,
+            ),
+            "after_sequence",
+        ),
+    )
+    with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
+    metadata = data.draw(bearer_metadata(arena), "bearer")
+    before = state_before(arena)
+    sent = strings_in(request) | {value for _, value in metadata}
+    stream = arena.server.tokens.WatchEvents(request, metadata=metadata, timeout=WATCH_DEADLINE)
+    try:
+        first = next(stream, None)
+    except grpc.RpcError as error:
+        if error.code() != Code.DEADLINE_EXCEEDED:
+            check_refusal(error, sent, before, state_after(arena))
+            return
+        # Quiet (nothing after that position yet), not refused: only a valid request may be.
+        assert request.organization in (arena.org, arena.other_org), error.details()
+        assert request.after_sequence >= 0, error.details()
+        first = None
+    finally:
+        stream.cancel()
+    assert state_after(arena) == before, "a WatchEvents changed something stored"
+    if first is not None:
+        assert first.organization == request.organization, first
+        assert first.sequence > request.after_sequence, first
+        check_secret_free(arena, first)
+
+
 # -- Admin -------------------------------------------------------------------------------------
 
 
@@ -682,7 +754,7 @@ def test_create_organization(arena: Arena, data: st.DataObject) -> None:
         name=data.draw(
             st.one_of(organization_names(arena), st.builds(unique, st.just("made"))), "name"
         ),
-        display_name=data.draw(st.one_of(st.just(""), HOSTILE), "display_name"),
+        display_name=data.draw(mostly("", HOSTILE), "display_name"),
     )
     with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
     call(arena, arena.server.admin.CreateOrganization, request, data.draw(bearer_metadata(arena)))
@@ -698,7 +770,7 @@ def test_list_organizations(arena: Arena, data: st.DataObject) -> None:
     request = admin_pb2.ListOrganizationsRequest(
         page_size=data.draw(PAGE_SIZE, "page_size"),
         page_token=data.draw(
-            st.one_of(st.just(""), page_tokens(arena.organizations_page_token, other_queries)),
+            mostly("", page_tokens(arena.organizations_page_token, other_queries)),
             "page_token",
         ),
     )
@@ -732,9 +804,7 @@ ROLE_NAMES = st.one_of(
 @given(data=st.data())
 def test_add_member(arena: Arena, data: st.DataObject) -> None:
     request = admin_pb2.AddMemberRequest(
-        organization=data.draw(
-            st.one_of(st.just(arena.org), organization_names(arena)), "organization"
-        ),
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
         principal=data.draw(principal_names(arena, arena.victims), "principal"),
         role=data.draw(ENUM, "role"),
         role_name=data.draw(ROLE_NAMES, "role_name"),
@@ -746,9 +816,7 @@ def test_add_member(arena: Arena, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_remove_member(arena: Arena, data: st.DataObject) -> None:
     request = admin_pb2.RemoveMemberRequest(
-        organization=data.draw(
-            st.one_of(st.just(arena.org), organization_names(arena)), "organization"
-        ),
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
         principal=data.draw(principal_names(arena, arena.victims), "principal"),
     )
     with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
@@ -758,9 +826,7 @@ def test_remove_member(arena: Arena, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_list_members(arena: Arena, data: st.DataObject) -> None:
     request = admin_pb2.ListMembersRequest(
-        organization=data.draw(
-            st.one_of(st.just(arena.org), organization_names(arena)), "organization"
-        )
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization")
     )
     with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
     metadata = data.draw(bearer_metadata(arena), "bearer")
@@ -774,6 +840,67 @@ def test_get_cache_stats(arena: Arena, data: st.DataObject) -> None:
     )
     metadata = data.draw(bearer_metadata(arena), "bearer")
     call(arena, arena.server.admin.GetCacheStats, request, metadata, read_only=True)
+
+
+TIMESTAMP = st.one_of(
+    st.none(), st.builds(lambda s, n: Timestamp(seconds=s, nanos=n), _seconds(), NANOS)
+)
+ACTIONS = st.one_of(
+    st.sampled_from(
+        ["", *(kind.value for kind in EventKind), "TOKEN.ISSUED", "token.*", " token.issued"]
+    ),
+    HOSTILE,
+)
+
+
+@given(data=st.data())
+def test_list_audit_events(arena: Arena, data: st.DataObject) -> None:
+    unfiltered = [None] * 6
+    other_queries: list[object] = [
+        ["audit", arena.other_org, *unfiltered],
+        ["audit", None, *unfiltered],
+        ["audit", arena.org, "admin", *unfiltered[1:]],
+        ["organizations", None],
+        [arena.org, None, True],
+    ]
+    request = admin_pb2.ListAuditEventsRequest(
+        organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
+        actor=data.draw(
+            st.one_of(
+                st.just(""),
+                principal_names(arena, arena.callers),
+                token_ids(arena, arena.token_ids).map(lambda token_id: KEY_PREFIX + token_id),
+            ),
+            "actor",
+        ),
+        action=data.draw(ACTIONS, "action"),
+        object=data.draw(
+            st.one_of(
+                st.sampled_from(
+                    ["", arena.org, *arena.token_ids, "/authority.v1.Admin/ListAuditEvents"]
+                ),
+                st.sampled_from(["o" * MAX_OBJECT, "o" * (MAX_OBJECT + 1)]),
+                HOSTILE,
+            ),
+            "object",
+        ),
+        page_size=data.draw(PAGE_SIZE, "page_size"),
+        page_token=data.draw(
+            mostly("", page_tokens(arena.audit_page_token, other_queries)),
+            "page_token",
+        ),
+    )
+    for name in ("since", "until"):
+        moment = data.draw(TIMESTAMP, name)
+        if moment is not None:
+            getattr(request, name).CopyFrom(moment)
+    with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
+    metadata = data.draw(bearer_metadata(arena), "bearer")
+    answer = call(arena, arena.server.admin.ListAuditEvents, request, metadata, read_only=True)
+    if answer is not None:
+        if request.organization:
+            assert {event.organization for event in answer.events} <= {request.organization}
+        check_secret_free(arena, answer)
 
 
 # -- Validate, ValidateBatch: a refused token is an answer, never an error status --------------
