@@ -1,5 +1,5 @@
-"""`authority`: serve, migrate, bootstrap the first administrator, export the audit trail, print
-usage hints."""
+"""`authority`: serve, migrate, bootstrap the first administrator, rotate signing keys, export the
+audit trail, print usage hints."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     break_glass.add_argument("--name", default="admin", help="the global administrator")
     break_glass.add_argument("--quiet", action="store_true", help="print only the token")
+
+    keys = commands.add_parser("keys", help="on the server host: the keys that sign access tokens")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser(
+        "rotate",
+        parents=[common],
+        help="make a new signing key current; the previous one stays published until its "
+        "tokens have expired (every server follows within a second)",
+    )
+    key_commands.add_parser(
+        "list", parents=[common], help="every signing key: kid, state, created, retired"
+    )
 
     operator.add_commands(commands)
     audit_export.add_command(commands, common)
@@ -145,6 +157,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print("Its token follows. It is shown only this once; keep it secret.")
         print(issued.secret)
         return 0
+    if args.command == "keys":
+        return _keys(args, settings)
     if args.command == "audit":
         return audit_export.run(args, settings)
     if args.command in ("org", "token", "validate"):
@@ -158,6 +172,43 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             _print_hint(settings.listen, token_file)
         return 0
     raise AssertionError(args.command)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    """`authority keys rotate|list`, against the database like `bootstrap` (its access is the
+    authority); never prints a private key."""
+    from authority.domain.signing import KeyView
+    from authority.server import build_application, check_pepper
+    from authority.store.database import migrate
+
+    migrate(settings.database_url)
+    application = build_application(settings)
+    try:
+        check_pepper(application)
+        if args.keys_command == "rotate":
+            rotated = application.signing.rotate_on_host()
+            logging.getLogger("authority.keys").warning(
+                "signing key rotated on the server host",
+                extra={"kid": rotated.kid, "retired_kid": rotated.retired_kid or ""},
+            )
+            print(f"New signing key {rotated.kid} is current.")
+            if rotated.retired_kid:
+                print(f"Retired {rotated.retired_kid}: published until its tokens have expired.")
+            return 0
+        views: list[KeyView] = application.signing.views()
+    finally:
+        application.executor.shutdown()
+        application.store.dispose()
+    if not views:
+        print("No signing key yet: the first server to start makes one.")
+    for view in views:
+        retired = view.retired_at.isoformat() if view.retired_at else "-"
+        until = view.published_until.isoformat() if view.published_until else "-"
+        print(
+            f"{view.kid}  {view.state.value:<7}  created {view.created_at.isoformat()}  "
+            f"retired {retired}  published until {until}"
+        )
+    return 0
 
 
 def _check_pepper(settings: Settings) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,9 +26,11 @@ from authority.cache.validator import CacheConfig, Monotonic, Validator
 from authority.domain.access import Access
 from authority.domain.audit import AuditService, RefusalLimiter
 from authority.domain.clock import Clock, system_clock
+from authority.domain.events import EventKind, RecordedEvent
 from authority.domain.installation import Installation, PepperMismatch
 from authority.domain.lifecycle import ExpiryAnnouncer
 from authority.domain.organizations import OrganizationService
+from authority.domain.signing import KeyLifetimes, KeySealer, SigningKeys
 from authority.domain.token_format import SecretHasher
 from authority.domain.tokens import TokenService
 from authority.domain.validation import EntryCompiler, ValidationEntry
@@ -61,6 +63,7 @@ class Application:
     executor: ThreadPoolExecutor
     audit: AuditService
     expiry: ExpiryAnnouncer
+    signing: SigningKeys
 
 
 def build_application(
@@ -69,8 +72,19 @@ def build_application(
     """Everything but the gRPC server; no I/O beyond opening the engines lazily."""
     writer, reader = create_engines(settings.database_url, settings.database_threads)
     store = SqlStore(writer, reader)
-    hasher = SecretHasher(settings.load_pepper())
+    pepper = settings.load_pepper()
+    hasher = SecretHasher(pepper)
     access = Access(clock)
+    signing = SigningKeys(
+        store,
+        clock,
+        KeySealer(pepper),
+        KeyLifetimes(
+            access_token_max_ttl=timedelta(seconds=settings.access_token_max_ttl_seconds),
+            refresh_window=timedelta(seconds=settings.refresh_window_seconds),
+        ),
+        access,
+    )
     tokens = TokenService(store, clock, hasher, access)
     organizations = OrganizationService(store, clock, access)
     installation = Installation(store, clock, hasher)
@@ -119,7 +133,9 @@ def build_application(
         audit=audit,
         watch=EventWatch(store, access),
         event_listeners=feed.event_listeners,
+        signing=signing,
     )
+    feed.event_listeners.append(_reload_keys_on_rotation(signing, executor))
     expiry = ExpiryAnnouncer(store, clock, timedelta(seconds=settings.expiry_warning_seconds))
     return Application(
         settings,
@@ -133,6 +149,7 @@ def build_application(
         executor,
         audit=audit,
         expiry=expiry,
+        signing=signing,
     )
 
 
@@ -169,6 +186,9 @@ async def start_server(application: Application) -> RunningServer:
     """Serve TokenAuthority, Admin, health and reflection on settings.listen."""
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(application.executor, check_pepper, application)
+    # The installation's first signing key is made by the first server to start (sealing it
+    # needs the pepper, which migrations never see); the others load it.
+    await loop.run_in_executor(application.executor, application.signing.ensure_current)
     server = grpc.aio.server(
         options=[
             # Several workers of one `serve --workers N` share the port; a lone server must
@@ -221,7 +241,52 @@ async def start_server(application: Application) -> RunningServer:
             "expiry sweep: recorded expiries that came due",
         )
         running.background.append(asyncio.create_task(sweep))
+    if settings.feed_poll_seconds <= 0:
+        # No change feed to bring other processes' rotations: reload the keys as often as the
+        # cache would re-read a token.
+        reload_keys = _periodically(
+            application,
+            settings.cache_max_staleness_seconds,
+            application.signing.reload,
+            "signing keys: reloaded",
+        )
+        running.background.append(asyncio.create_task(reload_keys))
+    if settings.signing_key_rotation_seconds > 0:
+        max_age = timedelta(seconds=settings.signing_key_rotation_seconds)
+        rotation = _periodically(
+            application,
+            min(60.0, max(0.5, settings.signing_key_rotation_seconds / 10)),
+            lambda: application.signing.rotate_if_due(max_age),
+            "signing keys: rotated the current key (older than the rotation interval)",
+        )
+        running.background.append(asyncio.create_task(rotation))
     return running
+
+
+def _reload_keys_on_rotation(
+    signing: SigningKeys, executor: ThreadPoolExecutor
+) -> Callable[[Sequence[RecordedEvent]], None]:
+    """A change-feed listener: a rotation by any process makes this one reload its key set,
+    so that every process signs with, and publishes, the same keys."""
+
+    async def reload() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            try:
+                await loop.run_in_executor(executor, signing.reload)
+                return
+            except Exception as error:
+                log.warning(
+                    "signing keys: reloading after a rotation failed (%s); retrying",
+                    type(error).__name__,
+                )
+                await asyncio.sleep(1.0)
+
+    def on_events(events: Sequence[RecordedEvent]) -> None:
+        if any(recorded.event.kind is EventKind.SIGNING_KEY_ROTATED for recorded in events):
+            _spawn(reload())
+
+    return on_events
 
 
 async def _periodically(

@@ -51,6 +51,14 @@ class Settings:
     # recorded once however many replicas sweep. 0 turns the sweep off; 0 warning: no warning.
     expiry_sweep_seconds: float = 1.0
     expiry_warning_seconds: float = 86400.0
+    # Signed access tokens (issue 9): the longest lifetime one may have, and how long after
+    # its issue an (even expired) access token may be refreshed. A retired signing key stays
+    # published for both together after its retirement: until every token it signed is dead.
+    access_token_max_ttl_seconds: int = 900
+    refresh_window_seconds: int = 86400
+    # Rotate the signing key once it is this old (0: only by hand, `authority keys rotate` or
+    # Admin/RotateSigningKey). Each process checks every tenth of it (at most every minute).
+    signing_key_rotation_seconds: float = 0.0
     # uvloop cuts the per-call cost of the gRPC server by about a tenth (see README).
     event_loop: str = "uvloop"
 

@@ -266,6 +266,7 @@ def management_calls(organization: str, token_id: str) -> list[tuple[str, str, A
         ("admin", "ListMembers", admin_pb2.ListMembersRequest(organization=organization)),
         ("admin", "GetCacheStats", admin_pb2.GetCacheStatsRequest()),
         ("admin", "ListAuditEvents", admin_pb2.ListAuditEventsRequest(organization=organization)),
+        ("admin", "RotateSigningKey", admin_pb2.RotateSigningKeyRequest()),
     ]
 
 
@@ -313,3 +314,17 @@ def counted(**counters: int) -> dict[str, int]:
     unknown = set(counters) - set(CACHE_COUNTERS)
     assert not unknown, f"not cache counters: {unknown}"
     return {name: counters.get(name, 0) for name in CACHE_COUNTERS}
+
+
+# -- signing keys ------------------------------------------------------------------------------
+
+
+def signing_keys(server: ServerHandle) -> pb.GetSigningKeysResponse:
+    """The server's published JWK set (no bearer needed)."""
+    response: pb.GetSigningKeysResponse = server.tokens.GetSigningKeys(pb.GetSigningKeysRequest())
+    return response
+
+
+def current_kid(server: ServerHandle) -> str:
+    """The kid the server signs with: the first of its published set."""
+    return signing_keys(server).keys[0].kid

@@ -15,7 +15,8 @@ The world (built once per backend):
 - `third`: the stranger's organisation. For the stranger, `own` means `third` and `other` means
   the organisation everybody else lives in.
 For the calls that take no organisation (CreateOrganization, ListOrganizations,
-CreatePrincipal, GetCacheStats) the target changes nothing: both columns must agree.
+CreatePrincipal, GetCacheStats, RotateSigningKey) the target changes nothing: both columns must
+agree.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.integration.helpers import (
     add_member,
     all_organizations,
     all_tokens,
+    current_kid,
     error_reason,
     issue,
     make_org,
@@ -49,6 +51,7 @@ from tests.integration.helpers import (
     members,
     refused,
     rpc_of,
+    signing_keys,
     validate,
 )
 
@@ -86,6 +89,7 @@ EXPIRED: Outcome = ("UNAUTHENTICATED", "TOKEN_EXPIRED")
 #   RevokeOwnerToken  RevokeToken of a token of a fresh OWNER of the target
 #   CreateOrganization, CreatePrincipal   a fresh name
 #   ListOrganizations, GetCacheStats      -
+#   RotateSigningKey  - (the installation's key: a new current kid, the old one still published)
 #   AddMember         a fresh principal, as `member`
 #   RemoveMember      a fresh plain member of the target (holding a token)
 #   ListMembers       the target
@@ -262,6 +266,18 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
         "expired":    (EXPIRED,  EXPIRED),
     },
     "GetCacheStats": {
+        "global":     (OK,          OK),
+        "confined":   (GLOBAL_ONLY, GLOBAL_ONLY),
+        "owner":      (GLOBAL_ONLY, GLOBAL_ONLY),
+        "admin":      (GLOBAL_ONLY, GLOBAL_ONLY),
+        "member":     (GLOBAL_ONLY, GLOBAL_ONLY),
+        "key_full":   (GLOBAL_ONLY, GLOBAL_ONLY),
+        "key_narrow": (NO_SCOPE,    NO_SCOPE),
+        "stranger":   (GLOBAL_ONLY, GLOBAL_ONLY),
+        "revoked":    (REVOKED,     REVOKED),
+        "expired":    (EXPIRED,     EXPIRED),
+    },
+    "RotateSigningKey": {
         "global":     (OK,          OK),
         "confined":   (GLOBAL_ONLY, GLOBAL_ONLY),
         "owner":      (GLOBAL_ONLY, GLOBAL_ONLY),
@@ -533,6 +549,21 @@ def get_cache_stats(w: World, caller: str, org: str) -> Action:
     return Action("admin", "GetCacheStats", admin_pb2.GetCacheStatsRequest(), accepted)
 
 
+def rotate_signing_key(w: World, caller: str, org: str) -> Action:
+    before = current_kid(w.server)
+
+    def accepted(response: admin_pb2.RotateSigningKeyResponse) -> None:
+        assert response.retired_kid == before and response.kid != before
+        published = [key.kid for key in signing_keys(w.server).keys]
+        assert published[0] == response.kid and before in published
+
+    def unchanged() -> None:
+        assert current_kid(w.server) == before
+
+    request = admin_pb2.RotateSigningKeyRequest()
+    return Action("admin", "RotateSigningKey", request, accepted, unchanged)
+
+
 def list_audit_events(w: World, caller: str, org: str) -> Action:
     def accepted(response: admin_pb2.ListAuditEventsResponse) -> None:
         assert response.events, "the organisation was created and used: it has a trail"
@@ -568,6 +599,7 @@ PREPARE: dict[str, Callable[[World, str, str], Action]] = {
     "ListAuditEvents": list_audit_events,
     "WatchEvents": watch_events,
     "GetCacheStats": get_cache_stats,
+    "RotateSigningKey": rotate_signing_key,
 }
 assert set(PREPARE) == set(EXPECTED)
 

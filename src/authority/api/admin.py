@@ -1,4 +1,5 @@
-"""Admin servicer: organisations, principals, memberships, cache stats, the audit trail."""
+"""Admin servicer: organisations, principals, memberships, cache stats, the audit trail,
+signing-key rotation."""
 
 from __future__ import annotations
 
@@ -110,3 +111,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             events=[convert.audit_event(item) for item in page.items],
             next_page_token=page.next_page_token,
         )
+
+    @management(SERVICE)
+    async def RotateSigningKey(
+        self, request: pb.RotateSigningKeyRequest, caller: Caller
+    ) -> pb.RotateSigningKeyResponse:
+        rotated = await self.runtime.run(self.runtime.signing.rotate, caller)
+        return pb.RotateSigningKeyResponse(kid=rotated.kid, retired_kid=rotated.retired_kid or "")

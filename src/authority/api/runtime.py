@@ -20,6 +20,7 @@ from authority.domain.errors import PermissionDenied, Unauthenticated
 from authority.domain.errors import Reason as ErrorReason
 from authority.domain.organizations import OrganizationService
 from authority.domain.policy import Caller
+from authority.domain.signing import SigningKeys
 from authority.domain.tokens import TokenService
 from authority.domain.validation import Reason
 from authority.domain.watch import EventWatch
@@ -62,6 +63,7 @@ class Runtime:
         *,
         watch: EventWatch,
         event_listeners: list[EventListener],
+        signing: SigningKeys,
     ) -> None:
         self.tokens = tokens
         self.organizations = organizations
@@ -73,6 +75,7 @@ class Runtime:
         # The change feed's: called on the loop with every batch of events this process
         # applies (WatchEvents streams wake on them).
         self.event_listeners = event_listeners
+        self.signing = signing
 
     async def run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking domain/store code in the bounded database thread pool."""

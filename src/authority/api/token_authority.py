@@ -20,6 +20,7 @@ from authority.api.errors import (
 )
 from authority.api.runtime import Runtime
 from authority.domain.policy import Caller
+from authority.domain.signing import jwks_json
 from authority.domain.tokens import IssueTokenCommand
 from authority.domain.validation import (
     check_batch_size,
@@ -180,6 +181,16 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         async with contextlib.aclosing(events):
             async for watched in events:
                 yield convert.token_event(watched)
+
+    @public(SERVICE)
+    async def GetSigningKeys(
+        self, request: pb.GetSigningKeysRequest, context: Context
+    ) -> pb.GetSigningKeysResponse:
+        """From this process's key set in memory: no store read."""
+        keys = self.runtime.signing.published()
+        return pb.GetSigningKeysResponse(
+            keys=[pb.JsonWebKey(**key.as_dict()) for key in keys], jwks_json=jwks_json(keys)
+        )
 
     @public(SERVICE)
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:

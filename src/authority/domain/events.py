@@ -32,6 +32,9 @@ class EventKind(enum.StrEnum):
     MEMBERSHIP_REMOVED = "membership.removed"
     ORGANIZATION_CREATED = "organization.created"
     PRINCIPAL_CREATED = "principal.created"
+    # A new signing key signs from now on (subject: its kid; the retired kid in details).
+    # Every process reloads its key set when it sees one.
+    SIGNING_KEY_ROTATED = "signing_key.rotated"
     # A management call refused (bad bearer, missing scope, no standing...): audit only.
     CALL_REFUSED = "call.refused"
 

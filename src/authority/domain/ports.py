@@ -6,10 +6,13 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authority.domain.events import Event, RecordedEvent, WatchedEvent
 from authority.domain.models import Membership, Organization, Principal, Role, TokenRecord
+
+if TYPE_CHECKING:  # signing.py uses these ports
+    from authority.domain.signing import SigningKeyRecord
 
 T = TypeVar("T")
 
@@ -106,6 +109,14 @@ class Transaction(Protocol):
 
     def get_fact(self, name: str) -> str | None: ...
     def add_fact(self, name: str, value: str) -> None: ...
+
+    def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every stored signing key (current, retired, and gone ones not yet deleted)."""
+        ...
+
+    def add_signing_key(self, record: SigningKeyRecord) -> None: ...
+    def retire_signing_key(self, kid: str, at: datetime) -> None: ...
+    def delete_signing_keys(self, kids: Sequence[str]) -> None: ...
 
     def find_events(
         self, query: EventQuery, cursor: int | None, limit: int, newest_first: bool = True

@@ -45,12 +45,14 @@ from authority.domain.models import (
     TokenRecord,
 )
 from authority.domain.ports import EventQuery, Hold, Transaction
+from authority.domain.signing import SigningKeyRecord
 from authority.store.schema import (
     EventRow,
     FactRow,
     MembershipRow,
     OrganizationRow,
     PrincipalRow,
+    SigningKeyRow,
     TokenRow,
 )
 
@@ -458,6 +460,47 @@ class SqlTransaction:
     def add_fact(self, name: str, value: str) -> None:
         self._session.add(FactRow(name=name, value=value))
         self._session.flush()
+
+    # signing keys
+    def signing_keys(self) -> list[SigningKeyRecord]:
+        query = select(SigningKeyRow).order_by(SigningKeyRow.created_at)
+        return [
+            SigningKeyRecord(
+                row.kid,
+                bytes(row.public_key),
+                bytes(row.sealed_private_key),
+                row.created_at,
+                row.retired_at,
+            )
+            for row in self._session.scalars(query.execution_options(populate_existing=True))
+        ]
+
+    def add_signing_key(self, record: SigningKeyRecord) -> None:
+        self._session.add(
+            SigningKeyRow(
+                kid=record.kid,
+                public_key=record.public_key,
+                sealed_private_key=record.sealed_private_key,
+                created_at=record.created_at,
+                retired_at=record.retired_at,
+            )
+        )
+        self._session.flush()
+
+    def retire_signing_key(self, kid: str, at: datetime) -> None:
+        self._session.execute(
+            update(SigningKeyRow)
+            .where(SigningKeyRow.kid == kid, SigningKeyRow.retired_at.is_(None))
+            .values(retired_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def delete_signing_keys(self, kids: Sequence[str]) -> None:
+        self._session.execute(
+            delete(SigningKeyRow)
+            .where(SigningKeyRow.kid.in_(list(kids)))
+            .execution_options(synchronize_session=False)
+        )
 
     def revoke_token(self, token_id: str, at: datetime) -> TokenRecord | None:
         self._session.execute(

@@ -168,3 +168,16 @@ class EventRow(Base):
         Index("ix_events_actor_principal_seq", "actor_principal", "seq"),
         Index("ix_events_subject_seq", "subject", "seq"),
     )
+
+
+class SigningKeyRow(Base):
+    """The keys that sign access tokens: public raw, private sealed (see domain/signing.py).
+    At most one has no retired_at (the current key); rotation keeps it so."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
