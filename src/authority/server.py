@@ -27,6 +27,12 @@ from authority.domain.access import Access
 from authority.domain.audit import AuditService, RefusalLimiter
 from authority.domain.clock import Clock, system_clock
 from authority.domain.events import EventKind, RecordedEvent
+from authority.domain.exchange import (
+    AccessTokens,
+    ExchangeLimits,
+    FailureLimiter,
+    read_access_token,
+)
 from authority.domain.installation import Installation, PepperMismatch
 from authority.domain.lifecycle import ExpiryAnnouncer
 from authority.domain.organizations import OrganizationService
@@ -99,6 +105,11 @@ def build_application(
         record = await loop.run_in_executor(executor, store.get_token, token_id)
         return compile_entry(record) if record is not None else None
 
+    limits = ExchangeLimits(
+        issuer=settings.issuer,
+        max_ttl=timedelta(seconds=settings.access_token_max_ttl_seconds),
+        refresh_window=timedelta(seconds=settings.refresh_window_seconds),
+    )
     validator = Validator(
         load,
         hasher,
@@ -110,6 +121,8 @@ def build_application(
             negative_ttl=settings.negative_cache_ttl_seconds,
         ),
         monotonic,
+        # The ring in use when each token is first verified (replaced whole on rotation).
+        lambda value, now: read_access_token(signing.ring, value, now, limits.issuer),
     )
     feed = ChangeFeed(
         store,
@@ -134,6 +147,9 @@ def build_application(
         watch=EventWatch(store, access),
         event_listeners=feed.event_listeners,
         signing=signing,
+        access_tokens=AccessTokens(
+            validator, lambda: signing.ring, clock, limits, FailureLimiter.default(monotonic)
+        ),
     )
     feed.event_listeners.append(_reload_keys_on_rotation(signing, executor))
     expiry = ExpiryAnnouncer(store, clock, timedelta(seconds=settings.expiry_warning_seconds))

@@ -55,6 +55,8 @@ class Settings:
     # its issue an (even expired) access token may be refreshed. A retired signing key stays
     # published for both together after its retirement: until every token it signed is dead.
     access_token_max_ttl_seconds: int = 900
+    # The `iss` of access tokens (and what Validate and RefreshToken require of them).
+    issuer: str = "token-authority"
     refresh_window_seconds: int = 86400
     # Rotate the signing key once it is this old (0: only by hand, `authority keys rotate` or
     # Admin/RotateSigningKey). Each process checks every tenth of it (at most every minute).

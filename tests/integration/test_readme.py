@@ -95,6 +95,25 @@ def test_the_readme_grpcurl_session_runs_as_written_twice_against_one_server(
         assert answers.index("REASON_PERMISSION_DENIED") < answers.index("REASON_REVOKED")
 
 
+def test_the_readme_backend_job_flow_runs_as_written_twice_against_one_server(
+    checkout: Checkout,
+) -> None:
+    served = checkout.served
+    script = _block("readme-exchange").replace(f"ADDR={DEFAULT_ADDRESS}", f"ADDR={served.address}")
+    assert f"ADDR={served.address}" in script
+
+    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
+
+    for run in runs:
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+        answers = run.stdout
+        assert '"refresh_until"' in answers
+        assert answers.count('"valid": true') == 2  # the access token, then the refreshed one
+        assert "REASON_REVOKED" in answers
+        assert answers.strip().endswith("refresh refused: the key is revoked")
+        assert "TOKEN_REVOKED" in run.stderr
+
+
 def test_the_readme_cli_block_runs_as_written_from_a_fresh_shell_twice(
     checkout: Checkout, tmp_path: Path
 ) -> None:

@@ -87,3 +87,11 @@ def test_a_long_value_is_quoted_by_a_short_escaped_prefix() -> None:
 
 def test_a_short_value_is_quoted_whole() -> None:
     assert shown("Not A Slug") == "'Not A Slug'"
+
+
+def test_a_limit_with_a_known_delay_carries_a_retry_info() -> None:
+    rich = _details(status_of(errors.ResourceExhausted("slow down", retry_after_seconds=2.5)))
+    retry = error_details_pb2.RetryInfo()
+    assert rich.details[1].Unpack(retry)
+    assert retry.retry_delay.ToMilliseconds() == 2500
+    assert len(_details(status_of(errors.ResourceExhausted("slow down"))).details) == 1

@@ -322,3 +322,27 @@ def test_who_may_read_the_audit_trail(who: Caller, standing: Standing, allowed: 
     with pytest.raises(PermissionDenied) as refused:
         policy.may_read_audit(Actor(who, standing))
     assert refused.value.reason is Reason.ROLE_TOO_LOW
+
+
+@pytest.mark.parametrize(
+    ("held", "asked", "allowed"),
+    [
+        (("download", "upload"), ("download",), True),
+        (("download",), ("download", "upload"), False),
+        (("reports.*",), ("reports.monthly",), True),
+        (("reports.*",), ("reports.*",), True),
+        (("reports.monthly",), ("reports.*",), False),
+        (("download",), ("*",), False),
+        (("*",), ("anything.at.all",), True),
+    ],
+)
+def test_an_access_token_never_holds_a_scope_its_key_lacks(
+    held: tuple[str, ...], asked: tuple[str, ...], allowed: bool
+) -> None:
+    key = PermissionMatcher.compile(held)
+    if allowed:
+        policy.may_exchange(key, asked)
+        return
+    with pytest.raises(PermissionDenied) as refused:
+        policy.may_exchange(key, asked)
+    assert refused.value.reason is Reason.SCOPE_EXCEEDS_ISSUER

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from authority.cache.validator import CacheConfig, Validator
+from authority.domain.exchange import AccessClaims
 from authority.domain.models import TokenRecord
 from authority.domain.token_format import ParsedToken, SecretHasher, new_token
 from authority.domain.validation import Reason, ValidationEntry
@@ -452,3 +453,83 @@ def test_validate_now_answers_hits_and_known_absent_ids_and_defers_the_rest() ->
     assert hit is not None and hit.reason is Reason.PERMISSION_DENIED
     assert absent is not None and absent.reason is Reason.UNKNOWN
     assert len(setup.store.loads) == 2
+
+
+# -- signed access tokens ---------------------------------------------------------------------
+
+
+class FakeSigned:
+    """A signed-token reader: claims by whole value, counting every verification."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, Any] = {}
+        self.reads: list[str] = []
+
+    def __call__(self, value: str, now: Any) -> Any:
+        self.reads.append(value)
+        return self.claims.get(value, Reason.UNKNOWN)
+
+
+def signed_setup(**config: Any) -> tuple[Setup, FakeSigned, ParsedToken, str]:
+    store, clock, monotonic, reader = FakeStore(), ManualClock(), ManualMonotonic(), FakeSigned()
+    validator = Validator(
+        store.load, HASHER, clock, CacheConfig(**config), monotonic=monotonic, read_signed=reader
+    )
+    parent = store.issue(clock, scopes=("download", "upload"))
+    stamp = int(clock().timestamp())
+    value = "aaaa.bbbb.cccc"
+    reader.claims[value] = AccessClaims(
+        "iss", f"key:{parent.token_id}", "iss", stamp, stamp + 60, "J" * 16,
+        parent.token_id, ("download",), "acme", parent.token_id, stamp + 3600,
+    )  # fmt: skip
+    return Setup(store, validator, clock, monotonic), reader, parent, value
+
+
+def test_an_access_token_is_verified_once_then_answered_from_the_cache() -> None:
+    setup, reader, parent, value = signed_setup()
+
+    reasons = [validate(setup, value, permission) for permission in ("download", "upload", "")]
+
+    assert reasons == [Reason.OK, Reason.PERMISSION_DENIED, Reason.OK]
+    assert reader.reads == [value]
+    assert setup.store.loads == [parent.token_id]  # its key, read once
+
+
+def test_an_access_token_dies_with_its_key_as_soon_as_the_key_is_invalidated() -> None:
+    setup, _, parent, value = signed_setup()
+    assert validate(setup, value) is Reason.OK
+
+    setup.store.put(parent, setup.clock, scopes=("download", "upload"), revoked=True)
+    setup.validator.invalidate(parent.token_id)
+
+    assert validate(setup, value) is Reason.REVOKED
+
+
+def test_an_access_token_expires_and_its_keys_absence_makes_it_unknown() -> None:
+    setup, _, parent, value = signed_setup()
+    setup.clock.advance(60)
+    assert validate(setup, value) is Reason.EXPIRED
+
+    del setup.store.entries[parent.token_id]
+    setup.validator.invalidate(parent.token_id)
+    assert validate(setup, value) is Reason.UNKNOWN
+
+
+def test_refused_values_are_remembered_only_for_the_negative_ttl() -> None:
+    setup, reader, _, value = signed_setup(negative_ttl=5.0)
+    forged = "aaaa.bbbb.dddd"  # same shape, not verified: nothing is keyed by jti
+
+    assert validate(setup, forged) is Reason.UNKNOWN
+    assert validate(setup, forged) is Reason.UNKNOWN
+    assert reader.reads.count(forged) == 1
+    setup.monotonic.value += 5  # e.g. another process's new key has reached this one since
+    reader.claims[forged] = reader.claims[value]
+    assert validate(setup, forged) is Reason.OK
+
+
+def test_values_that_are_neither_keys_nor_jwts_are_malformed_unread() -> None:
+    setup, reader, _, _ = signed_setup()
+
+    for value in ("", "tka_x", "a.b", "a.b.c.d", "a.b.c!", "a." + "b" * 5000 + ".c"):
+        assert validate(setup, value) is Reason.MALFORMED
+    assert reader.reads == []

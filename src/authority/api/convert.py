@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,6 +13,7 @@ from authority.cache.validator import CacheStats
 from authority.domain.audit import AuditFilter
 from authority.domain.errors import InvalidArgument, shown
 from authority.domain.events import EventKind, RecordedEvent, WatchedEvent
+from authority.domain.exchange import IssuedAccessToken
 from authority.domain.models import Membership, Organization, Principal, PrincipalKind, Role
 from authority.domain.models import TokenRecord as DomainToken
 from authority.domain.token_format import display_hint
@@ -94,6 +96,17 @@ def principal_kind(value: int, name: str) -> PrincipalKind | None:
     if value and value not in _KIND_FROM_PROTO:
         raise InvalidArgument("kind", f"unknown kind {value}")
     return _KIND_FROM_PROTO.get(value)
+
+
+def access_token(issued: IssuedAccessToken) -> dict[str, Any]:
+    """The fields ExchangeKeyResponse and RefreshTokenResponse share."""
+    claims = issued.claims
+    return {
+        "access_token": issued.value,
+        "token_id": claims.token_id,
+        "expires_at": Timestamp(seconds=claims.expires_at),
+        "refresh_until": Timestamp(seconds=claims.refresh_until),
+    }
 
 
 def token(record: DomainToken) -> token_authority_pb2.Token:

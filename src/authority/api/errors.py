@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -89,8 +89,8 @@ def _bounded(message: str) -> str:
 
 
 def status_of(error: errors.AuthorityError) -> grpc.Status:
-    """The gRPC status for a domain error, with an ErrorInfo (its reason) and, for a bad
-    field, a BadRequest naming it."""
+    """The gRPC status for a domain error, with an ErrorInfo (its reason), for a bad field a
+    BadRequest naming it, and for a limit with a known delay a RetryInfo."""
     code = code_of(error)
     status = status_pb2.Status(code=code.value[0], message=_bounded(error.message))
     status.details.append(_error_info(error.reason))
@@ -105,6 +105,12 @@ def status_of(error: errors.AuthorityError) -> grpc.Status:
                 ]
             )
         )
+        status.details.append(detail)
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(error.retry_after_seconds * 1e9)))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.append(detail)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted

@@ -18,6 +18,7 @@ from authority.domain.access import caller_from_entry
 from authority.domain.audit import AuditService, Refusal
 from authority.domain.errors import PermissionDenied, Unauthenticated
 from authority.domain.errors import Reason as ErrorReason
+from authority.domain.exchange import AccessTokens
 from authority.domain.organizations import OrganizationService
 from authority.domain.policy import Caller
 from authority.domain.signing import SigningKeys
@@ -64,6 +65,7 @@ class Runtime:
         watch: EventWatch,
         event_listeners: list[EventListener],
         signing: SigningKeys,
+        access_tokens: AccessTokens,
     ) -> None:
         self.tokens = tokens
         self.organizations = organizations
@@ -76,6 +78,7 @@ class Runtime:
         # applies (WatchEvents streams wake on them).
         self.event_listeners = event_listeners
         self.signing = signing
+        self.access_tokens = access_tokens
 
     async def run(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking domain/store code in the bounded database thread pool."""
@@ -104,6 +107,13 @@ class Runtime:
         if scheme.lower() != "bearer" or not credential.strip():
             raise Unauthenticated("the authorization metadata must read `Bearer <token>`")
         verdict = await self.validator.validate(credential.strip(), permission)
+        if verdict.entry is not None and verdict.entry.parent:
+            # Access tokens are for Validate (and the services behind it); management calls
+            # act on the store, under the key's own row lock: they take the key itself.
+            raise Unauthenticated(
+                "management calls take an API key (tka_...), not an access token",
+                ErrorReason.TOKEN_MALFORMED,
+            )
         if verdict.reason is Reason.PERMISSION_DENIED and verdict.entry is not None:
             raise ScopeMissing(
                 f"the bearer token's scopes do not allow {permission}",

@@ -193,6 +193,32 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         )
 
     @public(SERVICE)
+    async def ExchangeKey(
+        self, request: pb.ExchangeKeyRequest, context: Context
+    ) -> pb.ExchangeKeyResponse:
+        """The key is the credential (no bearer); answered from the Validate cache."""
+        issued = await self.runtime.access_tokens.exchange(
+            request.key,
+            list(request.scopes),
+            (
+                convert.to_timedelta(request.ttl.seconds, request.ttl.nanos, "ttl")
+                if request.HasField("ttl")
+                else None
+            ),
+            request.audience,
+            context.peer(),
+        )
+        return pb.ExchangeKeyResponse(**convert.access_token(issued))
+
+    @public(SERVICE)
+    async def RefreshToken(
+        self, request: pb.RefreshTokenRequest, context: Context
+    ) -> pb.RefreshTokenResponse:
+        """No store read when the parent key is cached."""
+        issued = await self.runtime.access_tokens.refresh(request.access_token)
+        return pb.RefreshTokenResponse(**convert.access_token(issued))
+
+    @public(SERVICE)
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
         check_ping_payload(request.payload)
         return pb.PingResponse(payload=request.payload)

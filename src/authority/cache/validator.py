@@ -14,13 +14,49 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from authority.domain.clock import Clock, system_clock
+from authority.domain.exchange import (
+    MAX_ACCESS_TOKEN_LENGTH,
+    AccessClaims,
+    access_entry,
+    looks_like_jwt,
+)
 from authority.domain.token_format import SecretHasher, parse_token
-from authority.domain.validation import MALFORMED, UNKNOWN, ValidationEntry, Verdict, check
+from authority.domain.validation import (
+    MALFORMED,
+    UNKNOWN,
+    Reason,
+    ValidationEntry,
+    Verdict,
+    check,
+    decide,
+)
 
 Loader = Callable[[str], Awaitable[ValidationEntry | None]]
+# Reads a signed access token at a moment (signature, then claims): its claims, or why not.
+SignedReader = Callable[[str, datetime], AccessClaims | Reason]
+
+
+class _Read:
+    """What `_cached_entry` answers when the entry must be read from the store first."""
+
+
+_READ = _Read()
+
+
+class _Signed:
+    """A verified access token in the cache: its claims, and the entry answered from, built
+    from the parent key's entry it was last checked against (rebuilt when that changes)."""
+
+    __slots__ = ("claims", "entry", "parent")
+
+    def __init__(self, claims: AccessClaims) -> None:
+        self.claims = claims
+        self.entry: ValidationEntry | None = None
+        self.parent: ValidationEntry | None = None
 
 
 class Presented(Protocol):
@@ -73,8 +109,10 @@ class Validator:
         clock: Clock,
         config: CacheConfig,
         monotonic: Monotonic = time.monotonic,
+        read_signed: SignedReader | None = None,
     ) -> None:
         self._load = load
+        self._read_signed = read_signed
         self._hasher = hasher
         # The wall clock as a float, read on every Validate: skip building a datetime when
         # the clock is the system's (tests inject their own and keep full control).
@@ -88,6 +126,11 @@ class Validator:
         self._entries: OrderedDict[str, tuple[ValidationEntry, float]] = OrderedDict()
         self._absent: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ValidationEntry | None]] = {}
+        # Signed access tokens, by the WHOLE value (never by jti alone: a forged token with a
+        # known jti must not find a verified entry): verified ones, and refused ones apart, for
+        # the negative TTL only (a kid unknown here may be another process's newest key).
+        self._signed: OrderedDict[str, _Signed] = OrderedDict()
+        self._signed_refused: OrderedDict[str, tuple[Verdict, float]] = OrderedDict()
         # When the change feed last confirmed every entry (see `confirm`); -inf: never.
         self.confirmed = -math.inf
         self._hits = self._misses = self._evictions = self._negative_hits = 0
@@ -122,7 +165,7 @@ class Validator:
     def _answer(self, value: str, permission: str, now_ts: float, mono: float) -> Verdict | None:
         token = parse_token(value)
         if token is None:
-            return MALFORMED
+            return self._answer_signed(value, permission, now_ts, mono)
         token_id = token.token_id
         cached = self._entries.get(token_id)
         # Fresh while read, or confirmed by the change feed, within the staleness bound.
@@ -150,9 +193,98 @@ class Validator:
     async def validate_missed(self, value: str, permission: str) -> Verdict:
         """Finish a Validate that `validate_now` answered None: read the store, then decide."""
         token = parse_token(value)
-        assert token is not None  # validate_now refused malformed values
+        if token is None:  # a signed access token whose parent key must be read
+            return await self._signed_missed(value, permission)
         entry = await self._miss(token.token_id)
         return check(entry, token, permission, self._now(), self._hasher)
+
+    # -- signed access tokens -------------------------------------------------------------------
+
+    def _answer_signed(
+        self, value: str, permission: str, now_ts: float, mono: float
+    ) -> Verdict | None:
+        """Not a `tka_` token: an access token if it verifies (once: its claims are kept),
+        answered like its parent key's entry says; MALFORMED if it is not even shaped like one;
+        None when the parent must be read first."""
+        signed = self._signed_claims(value, now_ts, mono)
+        if isinstance(signed, Verdict):
+            return signed
+        parent = self._cached_entry(signed.claims.parent, mono)
+        if isinstance(parent, _Read):
+            return None
+        return self._decide_signed(signed, parent, permission, now_ts)
+
+    async def _signed_missed(self, value: str, permission: str) -> Verdict:
+        signed = self._signed_claims(value, self._now(), self._monotonic())
+        if isinstance(signed, Verdict):
+            return signed
+        parent = await self._miss(signed.claims.parent)
+        return self._decide_signed(signed, parent, permission, self._now())
+
+    def _signed_claims(self, value: str, now_ts: float, mono: float) -> _Signed | Verdict:
+        if self._read_signed is None or len(value) > MAX_ACCESS_TOKEN_LENGTH:
+            return MALFORMED  # before hashing a value of any length into a lookup
+        signed = self._signed.get(value)
+        if signed is not None:
+            self._signed.move_to_end(value)
+            return signed
+        refused = self._signed_refused.get(value)
+        if refused is not None:
+            if mono < refused[1]:
+                return refused[0]
+            del self._signed_refused[value]
+        if not looks_like_jwt(value):
+            return MALFORMED
+        claims = self._read_signed(value, datetime.fromtimestamp(now_ts, UTC))
+        config = self._config
+        if isinstance(claims, Reason):
+            verdict = MALFORMED if claims is Reason.MALFORMED else UNKNOWN
+            if config.negative_entries > 0:
+                self._signed_refused[value] = (verdict, mono + config.negative_ttl)
+                if len(self._signed_refused) > config.negative_entries:
+                    self._signed_refused.popitem(last=False)
+            return verdict
+        signed = _Signed(claims)
+        if config.max_entries > 0:
+            self._signed[value] = signed
+            if len(self._signed) > config.max_entries:
+                self._signed.popitem(last=False)
+        return signed
+
+    def _cached_entry(self, token_id: str, mono: float) -> ValidationEntry | _Read | None:
+        """A key's entry if the cache can answer for it (None: known absent), else _READ."""
+        cached = self._entries.get(token_id)
+        if cached is not None and (
+            mono - cached[1] < self._max_staleness or mono - self.confirmed < self._max_staleness
+        ):
+            self._hits += 1
+            self._entries.move_to_end(token_id)
+            return cached[0]
+        absent_until = self._absent.get(token_id)
+        if absent_until is not None and mono < absent_until:
+            self._negative_hits += 1
+            return None
+        return _READ
+
+    @staticmethod
+    def _decide_signed(
+        signed: _Signed, parent: ValidationEntry | None, permission: str, now_ts: float
+    ) -> Verdict:
+        if parent is None or parent.parent:
+            return UNKNOWN  # the key is gone (or the claims name something not a key)
+        entry = signed.entry
+        if entry is None or signed.parent is not parent:
+            entry = signed.entry = access_entry(signed.claims, parent)
+            signed.parent = parent
+        return decide(entry, permission, now_ts)
+
+    async def key_entry(self, token_id: str) -> ValidationEntry | None:
+        """A key's entry by id (no secret check: for an access token's parent), from the
+        cache when it can answer, else read once (and cached) like a Validate miss."""
+        cached = self._cached_entry(token_id, self._monotonic())
+        if not isinstance(cached, _Read):
+            return cached
+        return await self._miss(token_id)
 
     async def _miss(self, token_id: str) -> ValidationEntry | None:
         self._misses += 1

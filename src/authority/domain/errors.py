@@ -125,9 +125,16 @@ class FailedPrecondition(AuthorityError):
 
 
 class ResourceExhausted(AuthorityError):
-    """A limit was reached."""
+    """A limit was reached; `retry_after_seconds` (sent as a google.rpc.RetryInfo) says when
+    to try again, when that is known."""
 
     default_reason = Reason.LIMIT_REACHED
+
+    def __init__(
+        self, message: str, reason: Reason | None = None, retry_after_seconds: float | None = None
+    ) -> None:
+        super().__init__(message, reason)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Unavailable(AuthorityError):

@@ -128,13 +128,24 @@ def may_issue(
             f"({actor.standing.name.lower()}); ask an owner",
             Reason.SUBJECT_OUTRANKS_ISSUER,
         )
+    scopes_within(caller.matcher, scopes, "the calling token")
+
+
+def scopes_within(held: PermissionMatcher, scopes: Iterable[str], holder: str) -> None:
+    """The scope axis: a token carries no scope that the one it derives from (its issuer, or
+    the key an access token is exchanged for) does not cover."""
     for scope in scopes:
-        if not caller.matcher.covers(scope):
+        if not held.covers(scope):
             raise PermissionDenied(
-                f"cannot issue scope {scope!r}: the calling token does not hold it "
-                "(a token may not be stronger than the one that issues it)",
+                f"cannot grant scope {scope!r}: {holder} does not hold it "
+                "(a token may not be stronger than the one it comes from)",
                 Reason.SCOPE_EXCEEDS_ISSUER,
             )
+
+
+def may_exchange(key: PermissionMatcher, requested: Iterable[str]) -> None:
+    """ExchangeKey: an access token holds the key's scopes or a subset, never more."""
+    scopes_within(key, requested, "the key")
 
 
 def issued_expiry(caller: Caller, requested: datetime | None) -> datetime | None:

@@ -46,6 +46,8 @@ class ValidationEntry:
     # Answers already rendered (serialized) by the api layer, by reason. They live and die
     # with the entry, so an invalidated token can never be answered from a stale one.
     rendered: dict[Reason, bytes] = field(default_factory=dict, compare=False, repr=False)
+    # For a signed access token: the token id of the key it was exchanged for ("" for a key).
+    parent: str = ""
 
     @classmethod
     def from_record(
@@ -139,6 +141,22 @@ def check(
     if now_ts >= entry.expires_ts:
         return Verdict(Reason.EXPIRED, entry)
     # Fast path: a stored exact scope is a valid permission by construction.
+    if permission and permission not in entry.matcher.exact:
+        normalized = normalize(permission)
+        if not is_permission(normalized):
+            return Verdict(Reason.INVALID_PERMISSION, entry)
+        if not entry.matcher.allows(normalized):
+            return Verdict(Reason.PERMISSION_DENIED, entry)
+    return Verdict(Reason.OK, entry)
+
+
+def decide(entry: ValidationEntry, permission: str, now_ts: float) -> Verdict:
+    """`check` for a token already authenticated (a signed access token whose signature was
+    verified): revoked, expiry, then the permission, in the same order with the same reasons."""
+    if entry.revoked:
+        return Verdict(Reason.REVOKED, entry)
+    if now_ts >= entry.expires_ts:
+        return Verdict(Reason.EXPIRED, entry)
     if permission and permission not in entry.matcher.exact:
         normalized = normalize(permission)
         if not is_permission(normalized):

@@ -1,0 +1,224 @@
+"""The claims of access tokens: exchange, refresh, reading them back, with a fake clock and an
+in-memory key ring (no server, no database)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from authority.domain.errors import InvalidArgument, PermissionDenied, Reason, Unauthenticated
+from authority.domain.exchange import (
+    AccessClaims,
+    ExchangeLimits,
+    access_entry,
+    exchange_claims,
+    looks_like_jwt,
+    peer_address,
+    read_access_token,
+    refreshed_claims,
+)
+from authority.domain.models import TokenRecord
+from authority.domain.signing import KeyLifetimes, KeyRing, KeySealer, new_signing_key
+from authority.domain.validation import Reason as Verdict
+from authority.domain.validation import ValidationEntry, decide
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+LIMITS = ExchangeLimits("token-authority", timedelta(minutes=15), timedelta(hours=24))
+KEY_ID = "A" * 16
+
+
+def key(
+    subject: str | None = None,
+    scopes: tuple[str, ...] = ("download", "reports.*"),
+    expires_at: datetime | None = None,
+    revoked: bool = False,
+) -> ValidationEntry:
+    record = TokenRecord(
+        token_id=KEY_ID,
+        secret_hash=b"h",
+        organization="acme",
+        subject=subject,
+        label="",
+        description="",
+        scopes=scopes,
+        created_at=NOW - timedelta(days=1),
+        expires_at=expires_at,
+        revoked_at=NOW if revoked else None,
+        created_by="admin",
+        properties={"team": "data"},
+    )
+    return ValidationEntry.from_record(record)
+
+
+def ring() -> KeyRing:
+    sealer = KeySealer(b"p" * 32)
+    lifetimes = KeyLifetimes(timedelta(minutes=15), timedelta(hours=24))
+    return KeyRing([new_signing_key(sealer, NOW - timedelta(hours=1))], sealer, lifetimes)
+
+
+def test_an_organisation_keys_claims() -> None:
+    claims = exchange_claims(key(), (), None, "", NOW, LIMITS)
+
+    stamp = int(NOW.timestamp())
+    assert claims.as_dict() == {
+        "iss": "token-authority",
+        "sub": f"key:{KEY_ID}",
+        "aud": "token-authority",
+        "exp": stamp + 900,
+        "iat": stamp,
+        "jti": claims.token_id,
+        "client_id": KEY_ID,
+        "scope": "download reports.*",
+        "org": "acme",
+        "parent": KEY_ID,
+        "refresh_until": stamp + 86400,
+    }
+    assert claims.key_subject == ""
+    assert AccessClaims.from_dict(claims.as_dict()) == claims
+
+
+def test_a_users_key_names_the_user_and_the_audience_asked_for() -> None:
+    claims = exchange_claims(key(subject="ada"), (), None, " storage ", NOW, LIMITS)
+
+    assert (claims.subject, claims.key_subject, claims.audience) == ("ada", "ada", "storage")
+
+
+def test_each_exchange_has_a_new_jti() -> None:
+    ids = {exchange_claims(key(), (), None, "", NOW, LIMITS).token_id for _ in range(50)}
+    assert len(ids) == 50
+
+
+@pytest.mark.parametrize(
+    ("ttl", "key_expires", "lifetime"),
+    [
+        (None, None, 900),
+        (timedelta(seconds=60), None, 60),
+        (timedelta(hours=5), None, 900),
+        (None, NOW + timedelta(seconds=120), 120),
+        (timedelta(seconds=60), NOW + timedelta(seconds=120), 60),
+        (None, NOW + timedelta(seconds=120.7), 120),
+    ],
+)
+def test_the_lifetime_is_the_ttl_capped_by_the_maximum_and_the_keys_expiry(
+    ttl: timedelta | None, key_expires: datetime | None, lifetime: int
+) -> None:
+    claims = exchange_claims(key(expires_at=key_expires), (), ttl, "", NOW, LIMITS)
+    assert claims.expires_at - claims.issued_at == lifetime
+
+
+def test_a_ttl_must_be_positive() -> None:
+    with pytest.raises(InvalidArgument):
+        exchange_claims(key(), (), timedelta(0), "", NOW, LIMITS)
+
+
+def test_a_subset_of_scopes_is_granted_and_more_refused() -> None:
+    claims = exchange_claims(key(), ("reports.monthly",), None, "", NOW, LIMITS)
+    assert claims.scopes == ("reports.monthly",)
+    with pytest.raises(PermissionDenied) as refused:
+        exchange_claims(key(), ("upload",), None, "", NOW, LIMITS)
+    assert refused.value.reason is Reason.SCOPE_EXCEEDS_ISSUER
+
+
+def test_refresh_keeps_the_claims_and_the_first_lifetime_with_a_new_jti() -> None:
+    first = exchange_claims(key(), (), timedelta(seconds=300), "", NOW, LIMITS)
+    later = NOW + timedelta(hours=2)  # long expired: a live parent is what counts
+
+    renewed = refreshed_claims(first, key(), later, LIMITS)
+
+    assert renewed.token_id != first.token_id
+    assert renewed.issued_at == int(later.timestamp())
+    assert renewed.expires_at == renewed.issued_at + 300
+    assert renewed.refresh_until == first.refresh_until
+    unchanged = ("issuer", "subject", "audience", "scopes", "organization", "parent")
+    assert all(getattr(renewed, name) == getattr(first, name) for name in unchanged)
+
+
+def test_refresh_is_capped_by_the_parents_expiry() -> None:
+    parent = key(expires_at=NOW + timedelta(seconds=500))
+    first = exchange_claims(parent, (), None, "", NOW, LIMITS)
+
+    renewed = refreshed_claims(first, parent, NOW + timedelta(seconds=400), LIMITS)
+
+    assert renewed.expires_at == int(NOW.timestamp()) + 500
+
+
+@pytest.mark.parametrize(
+    ("parent", "moment", "reason"),
+    [
+        (None, NOW, Reason.TOKEN_UNKNOWN),
+        (key(revoked=True), NOW, Reason.TOKEN_REVOKED),
+        (
+            key(expires_at=NOW + timedelta(seconds=10)),
+            NOW + timedelta(seconds=10),
+            Reason.TOKEN_EXPIRED,
+        ),
+        (key(), NOW + timedelta(hours=24), Reason.TOKEN_EXPIRED),  # the window is over
+    ],
+)
+def test_refresh_is_refused_saying_why(
+    parent: ValidationEntry | None, moment: datetime, reason: Reason
+) -> None:
+    first = exchange_claims(key(expires_at=NOW + timedelta(hours=48)), (), None, "", NOW, LIMITS)
+    with pytest.raises(Unauthenticated) as refused:
+        refreshed_claims(first, parent, moment, LIMITS)
+    assert refused.value.reason is reason
+
+
+def test_a_signed_token_reads_back_and_every_alteration_is_refused() -> None:
+    keys = ring()
+    claims = exchange_claims(key(), (), None, "", NOW, LIMITS)
+    token = keys.sign(claims.as_dict())
+
+    assert read_access_token(keys, token, NOW, LIMITS.issuer) == claims
+    # Expired tokens still read (refresh needs them); the caller checks the expiry.
+    assert read_access_token(keys, token, NOW + timedelta(hours=1), LIMITS.issuer) == claims
+    assert read_access_token(keys, token, NOW, "someone-else") is Verdict.UNKNOWN
+    assert read_access_token(ring(), token, NOW, LIMITS.issuer) is Verdict.UNKNOWN  # other key
+    unsigned = jwt.encode(claims.as_dict(), "", algorithm="none")
+    assert read_access_token(keys, unsigned, NOW, LIMITS.issuer) is Verdict.MALFORMED
+    partial = keys.sign({"sub": "x"})
+    assert read_access_token(keys, partial, NOW, LIMITS.issuer) is Verdict.MALFORMED
+    odd = keys.sign({**claims.as_dict(), "exp": True})
+    assert read_access_token(keys, odd, NOW, LIMITS.issuer) is Verdict.MALFORMED
+    assert read_access_token(keys, "a.b", NOW, LIMITS.issuer) is Verdict.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("value", "shaped"),
+    [
+        ("aaa.bbb.ccc", True),
+        ("a-_.b.c", True),
+        ("aaa.bbb.", False),
+        ("aaa.bbb", False),
+        ("a.b.c.d", False),
+        ("a+b.c.d", False),
+        ("a." + "b" * 5000 + ".c", False),
+    ],
+)
+def test_what_is_worth_a_signature_check(value: str, shaped: bool) -> None:
+    assert looks_like_jwt(value) is shaped
+
+
+def test_an_access_tokens_entry_dies_with_its_parent() -> None:
+    claims = exchange_claims(key(), ("download",), None, "", NOW, LIMITS)
+    stamp = NOW.timestamp()
+
+    alive = access_entry(claims, key())
+    assert (alive.token_id, alive.subject, alive.parent) == (claims.token_id, "", KEY_ID)
+    assert alive.properties == {"team": "data"}
+    assert decide(alive, "download", stamp).reason is Verdict.OK
+    assert decide(alive, "reports.x", stamp).reason is Verdict.PERMISSION_DENIED
+    assert decide(alive, "download", stamp + 900).reason is Verdict.EXPIRED
+    assert decide(access_entry(claims, key(revoked=True)), "", stamp).reason is Verdict.REVOKED
+    short = key(expires_at=NOW + timedelta(seconds=5))
+    assert decide(access_entry(claims, short), "", stamp + 5).reason is Verdict.EXPIRED
+    assert dataclasses.replace(alive).expires_ts == stamp + 900
+
+
+def test_a_peer_is_counted_by_address_not_by_port() -> None:
+    assert peer_address("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
+    assert peer_address("ipv6:[::1]:4000") == "ipv6:[::1]"
+    assert peer_address("unix:/tmp/socket") == "unix:/tmp/socket"
