@@ -241,41 +241,40 @@ async def start_server(application: Application) -> RunningServer:
     application.feed.health_listeners.append(lambda serving: _spawn(report(serving)))
     running = RunningServer(server, port, application)
     settings = application.settings
-    if settings.audit_retention_days > 0:
-        retention = _periodically(
-            application,
+    max_age = timedelta(seconds=settings.signing_key_rotation_seconds)
+    # (on or off, every how many seconds, the work, what the log calls it)
+    periodic: list[tuple[bool, float, Callable[[], object], str]] = [
+        (
+            settings.audit_retention_days > 0,
             settings.audit_retention_interval_seconds,
             application.audit.enforce_retention,
             "audit retention: deleted events past the retention",
-        )
-        running.background.append(asyncio.create_task(retention))
-    if settings.expiry_sweep_seconds > 0:
-        sweep = _periodically(
-            application,
+        ),
+        (
+            settings.expiry_sweep_seconds > 0,
             settings.expiry_sweep_seconds,
             application.expiry.sweep,
             "expiry sweep: recorded expiries that came due",
-        )
-        running.background.append(asyncio.create_task(sweep))
-    if settings.feed_poll_seconds <= 0:
-        # No change feed to bring other processes' rotations: reload the keys as often as the
-        # cache would re-read a token.
-        reload_keys = _periodically(
-            application,
+        ),
+        (
+            # No change feed to bring other processes' rotations: reload the keys as often
+            # as the cache would re-read a token.
+            settings.feed_poll_seconds <= 0,
             settings.cache_max_staleness_seconds,
             application.signing.reload,
             "signing keys: reloaded",
-        )
-        running.background.append(asyncio.create_task(reload_keys))
-    if settings.signing_key_rotation_seconds > 0:
-        max_age = timedelta(seconds=settings.signing_key_rotation_seconds)
-        rotation = _periodically(
-            application,
+        ),
+        (
+            settings.signing_key_rotation_seconds > 0,
             min(60.0, max(0.5, settings.signing_key_rotation_seconds / 10)),
             lambda: application.signing.rotate_if_due(max_age),
             "signing keys: rotated the current key (older than the rotation interval)",
-        )
-        running.background.append(asyncio.create_task(rotation))
+        ),
+    ]
+    for enabled, seconds, work, what in periodic:
+        if enabled:
+            task = asyncio.create_task(_periodically(application, seconds, work, what))
+            running.background.append(task)
     return running
 
 

@@ -136,27 +136,17 @@ def check(
     """
     if entry is None or not hasher.matches(token, entry.secret_hash):
         return UNKNOWN
+    return decide(entry, permission, now_ts)
+
+
+def decide(entry: ValidationEntry, permission: str, now_ts: float) -> Verdict:
+    """The decision on an authenticated token (a `tka_` value whose hash matched, or a signed
+    access token whose signature was verified): revoked, expiry, then the permission."""
     if entry.revoked:
         return Verdict(Reason.REVOKED, entry)
     if now_ts >= entry.expires_ts:
         return Verdict(Reason.EXPIRED, entry)
     # Fast path: a stored exact scope is a valid permission by construction.
-    if permission and permission not in entry.matcher.exact:
-        normalized = normalize(permission)
-        if not is_permission(normalized):
-            return Verdict(Reason.INVALID_PERMISSION, entry)
-        if not entry.matcher.allows(normalized):
-            return Verdict(Reason.PERMISSION_DENIED, entry)
-    return Verdict(Reason.OK, entry)
-
-
-def decide(entry: ValidationEntry, permission: str, now_ts: float) -> Verdict:
-    """`check` for a token already authenticated (a signed access token whose signature was
-    verified): revoked, expiry, then the permission, in the same order with the same reasons."""
-    if entry.revoked:
-        return Verdict(Reason.REVOKED, entry)
-    if now_ts >= entry.expires_ts:
-        return Verdict(Reason.EXPIRED, entry)
     if permission and permission not in entry.matcher.exact:
         normalized = normalize(permission)
         if not is_permission(normalized):
