@@ -153,6 +153,7 @@ def _load(
     args: argparse.Namespace,
     mode: str = "unary",
     concurrency: int | None = None,
+    connections: int = 1,
 ) -> tuple[list[float], float, float, float]:
     """Run the client processes; (latencies, measured seconds, server CPU, client CPU)."""
     spec = {
@@ -164,6 +165,7 @@ def _load(
         "window": args.window,
         "warmup": args.warmup,
         "duration": args.duration,
+        "connections": connections,
     }
     clients = [
         subprocess.Popen(
@@ -207,6 +209,8 @@ class Scenario:
     payloads: list[bytes]
     mode: str = "unary"
     concurrency: int | None = None
+    # TCP connections per client process (a server of several workers needs several).
+    connections: int = 1
 
 
 @dataclass
@@ -228,6 +232,7 @@ def _measure(
         args,
         mode=scenario.mode,
         concurrency=scenario.concurrency,
+        connections=scenario.connections,
     )
     return Sample(len(latencies) * scenario.per_call / seconds, latencies, server_cpu, client_cpu)
 
@@ -479,6 +484,22 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64, help="messages in flight per stream")
     parser.add_argument("--rss-entries", type=int, default=100_000)
     parser.add_argument("--no-postgres", action="store_true")
+    replicas = parser.add_argument_group("several processes on one database (bench/propagation.py)")
+    replicas.add_argument("--revocations", type=int, default=200, help="revocations timed")
+    replicas.add_argument(
+        "--propagation-load",
+        type=float,
+        default=1000,
+        help="Validate calls/s per replica meanwhile",
+    )
+    replicas.add_argument("--propagation-timeout", type=float, default=2.0, help="seconds")
+    replicas.add_argument(
+        "--replica-rounds", type=int, default=3, help="rounds of the feed and --workers rows"
+    )
+    replicas.add_argument(
+        "--feed-writes", type=float, default=20, help="changes/s while the feed cost is measured"
+    )
+    replicas.add_argument("--no-replicas", action="store_true", help="skip this part")
     args = parser.parse_args()
     print(
         f"Token Authority benchmark: {os.cpu_count()} cores, {args.clients} client processes",
@@ -491,13 +512,19 @@ def main() -> None:
     table = _table(results)
     before, after, per_100k = measure_rss(args.rss_entries)
     targets = _targets(results, before + per_100k)
+    several = ""
+    if not args.no_replicas:
+        # Imported here: bench.propagation imports this module by name.
+        from bench import propagation
+
+        several = propagation.run(args) + "\n\n"
     rss = (
         f"Server RSS: {before:.0f} MB at start, {after:.0f} MB with {args.rss_entries:,} "
         f"cached entries ({per_100k:.0f} MB per 100,000 entries)."
     )
     command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     when = time.strftime("%Y-%m-%d")
-    report = f"{table}\n\n{rss}\n\n{targets}\n\nProduced by `{command}` on {when}.\n"
+    report = f"{table}\n\n{rss}\n\n{targets}\n\n{several}Produced by `{command}` on {when}.\n"
     print()
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -25,15 +25,18 @@ def _cpu_seconds() -> float:
 
 
 async def _unary(
-    channel: grpc.aio.Channel, method: str, payloads: list[bytes], spec: dict[str, Any]
+    channels: list[grpc.aio.Channel], method: str, payloads: list[bytes], spec: dict[str, Any]
 ) -> list[float]:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+        channel.unary_unary(method) for channel in channels
+    ]
     concurrency: int = spec["concurrency"]
     measure_from = time.perf_counter() + spec["warmup"]
     end = measure_from + spec["duration"]
     latencies: list[float] = []
 
     async def worker(offset: int) -> None:
+        call = calls[offset % len(calls)]
         index = offset
         count = len(payloads)
         while True:
@@ -51,15 +54,18 @@ async def _unary(
 
 
 async def _stream(
-    channel: grpc.aio.Channel, method: str, payloads: list[bytes], spec: dict[str, Any]
+    channels: list[grpc.aio.Channel], method: str, payloads: list[bytes], spec: dict[str, Any]
 ) -> list[float]:
-    call: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+    calls: list[grpc.aio.StreamStreamMultiCallable[bytes, bytes]] = [
+        channel.stream_stream(method) for channel in channels
+    ]
     window: int = spec["window"]
     measure_from = time.perf_counter() + spec["warmup"]
     end = measure_from + spec["duration"]
     latencies: list[float] = []
 
-    async def one_stream(offset: int) -> None:
+    async def one_stream(number: int) -> None:
+        call = calls[number % len(calls)]
         stream = call()
         sent: deque[float] = deque()
         credit = asyncio.Semaphore(window)
@@ -77,7 +83,7 @@ async def _stream(
                     latencies.append(finished - started)
 
         reading = asyncio.create_task(reader())
-        index = offset
+        index = number * 7919
         while not done:
             await credit.acquire()
             now = time.perf_counter()
@@ -90,21 +96,33 @@ async def _stream(
         await stream.done_writing()
         await reading
 
-    await asyncio.gather(*(one_stream(i * 7919) for i in range(spec["concurrency"])))
+    await asyncio.gather(*(one_stream(i) for i in range(spec["concurrency"])))
     return latencies
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     payloads = [base64.b64decode(item) for item in spec["payloads"]]
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(spec["target"], options=options) as channel:
-        await channel.channel_ready()
+    options: list[tuple[str, int]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    connections: int = spec.get("connections", 1)
+    if connections > 1:
+        # Channels to one target share a TCP connection unless each has its own pool: a
+        # server of several workers (SO_REUSEPORT) is reached through several connections.
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    channels = [
+        grpc.aio.insecure_channel(spec["target"], options=options) for _ in range(connections)
+    ]
+    try:
+        for channel in channels:
+            await channel.channel_ready()
         cpu_before = _cpu_seconds()
         if spec["mode"] == "stream":
-            latencies = await _stream(channel, spec["method"], payloads, spec)
+            latencies = await _stream(channels, spec["method"], payloads, spec)
         else:
-            latencies = await _unary(channel, spec["method"], payloads, spec)
+            latencies = await _unary(channels, spec["method"], payloads, spec)
         cpu = _cpu_seconds() - cpu_before
+    finally:
+        for channel in channels:
+            await channel.close()
     return {"latencies": latencies, "cpu": cpu, "wall": spec["warmup"] + spec["duration"]}
 
 
