@@ -34,6 +34,7 @@ from tests.harness import (
 from tests.integration.conftest import Fresh
 from tests.integration.helpers import (
     Credential,
+    Metadata,
     credential,
     error_reason,
     make_principal,
@@ -212,18 +213,23 @@ def test_bootstrap_and_break_glass_refuse_another_pepper_and_change_nothing(
 # -- 5. the last live global-administrator token ------------------------------------------------
 
 
+def refused_as_the_last_global_token(server: ServerHandle, token_id: str, bearer: Metadata) -> None:
+    """RevokeToken of `token_id` is refused: it is the last live global-administrator token."""
+    error = refused(
+        FAILED_PRECONDITION,
+        server.tokens.RevokeToken,
+        pb.RevokeTokenRequest(token_id=token_id),
+        bearer,
+    )
+    assert error_reason(error) == "LAST_GLOBAL_ADMIN_TOKEN", error.details()
+
+
 def test_the_last_live_global_admin_token_cannot_be_revoked_until_another_is_issued(
     fresh: Fresh,
 ) -> None:
     server, admin = fresh.server, fresh.admin
 
-    error = refused(
-        FAILED_PRECONDITION,
-        server.tokens.RevokeToken,
-        pb.RevokeTokenRequest(token_id=admin.token_id),
-        admin.metadata,
-    )
-    assert error_reason(error) == "LAST_GLOBAL_ADMIN_TOKEN", error.details()
+    refused_as_the_last_global_token(server, admin.token_id, admin.metadata)
     assert validate(server, admin.secret).valid
 
     second = issue_global(server, admin)
@@ -233,13 +239,7 @@ def test_the_last_live_global_admin_token_cannot_be_revoked_until_another_is_iss
 
     assert revoke(server, second, admin.token_id).HasField("revoked_at")
     assert not validate(server, admin.secret).valid
-    error = refused(
-        FAILED_PRECONDITION,
-        server.tokens.RevokeToken,
-        pb.RevokeTokenRequest(token_id=second.token_id),
-        second.metadata,
-    )
-    assert error_reason(error) == "LAST_GLOBAL_ADMIN_TOKEN", error.details()
+    refused_as_the_last_global_token(server, second.token_id, second.metadata)
     assert can_create_an_organization(server, second.secret)
 
 
@@ -249,14 +249,7 @@ def test_an_expired_global_token_does_not_count_as_live(fresh: Fresh) -> None:
     server.clock.advance(120)
     assert not validate(server, short.secret).valid
 
-    error = refused(
-        FAILED_PRECONDITION,
-        server.tokens.RevokeToken,
-        pb.RevokeTokenRequest(token_id=admin.token_id),
-        admin.metadata,
-    )
-
-    assert error_reason(error) == "LAST_GLOBAL_ADMIN_TOKEN", error.details()
+    refused_as_the_last_global_token(server, admin.token_id, admin.metadata)
     assert validate(server, admin.secret).valid
     # The expired one is no one's last token: it may be revoked.
     assert revoke(server, admin, short.token_id).HasField("revoked_at")
