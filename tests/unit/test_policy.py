@@ -346,3 +346,12 @@ def test_an_access_token_never_holds_a_scope_its_key_lacks(
     with pytest.raises(PermissionDenied) as refused:
         policy.may_exchange(key, asked)
     assert refused.value.reason is Reason.SCOPE_EXCEEDS_ISSUER
+
+
+@pytest.mark.parametrize("scope", ["tka_0000", "a" * 40, "tka_0000000000000000_.*"])
+def test_a_refused_scope_is_never_quoted_when_it_is_shaped_like_a_secret(scope: str) -> None:
+    """Found by the hostile-input properties: `tka_0000` is a valid scope name."""
+    issuer = actor(Standing.OWNER, scopes=("download",))
+    with pytest.raises(PermissionDenied) as refused:
+        policy.may_issue(issuer, None, None, [scope])
+    assert scope not in refused.value.message and "tka_" not in refused.value.message

@@ -118,7 +118,8 @@ def may_issue(
     caller = actor.caller
     if actor.standing is Standing.MEMBER and subject != caller.subject:
         raise PermissionDenied(
-            f"members may issue tokens only for themselves: set subject to {caller.subject!r}",
+            "members may issue tokens only for themselves: set subject to "
+            + shown(caller.subject or ""),
             Reason.ROLE_TOO_LOW,
         )
     if conferred(subject, subject_role) > actor.standing:
@@ -137,7 +138,7 @@ def scopes_within(held: PermissionMatcher, scopes: Iterable[str], holder: str) -
     for scope in scopes:
         if not held.covers(scope):
             raise PermissionDenied(
-                f"cannot grant scope {scope!r}: {holder} does not hold it "
+                f"cannot grant scope {shown(scope)}: {holder} does not hold it "
                 "(a token may not be stronger than the one it comes from)",
                 Reason.SCOPE_EXCEEDS_ISSUER,
             )
