@@ -331,6 +331,16 @@ def test_refresh_is_refused_past_the_refresh_window(
         assert "refresh window" in str(error.details())
 
 
+def refresh_refused(server: ServerHandle, token: str, reason: str) -> None:
+    """RefreshToken of `token` is UNAUTHENTICATED for `reason`."""
+    error = refused(
+        grpc.StatusCode.UNAUTHENTICATED,
+        server.tokens.RefreshToken,
+        pb.RefreshTokenRequest(access_token=token),
+    )
+    assert error_reason(error) == reason
+
+
 def test_a_revoked_parent_kills_its_access_tokens_at_once_for_validate_and_refresh(
     server: ServerHandle, key: Credential, admin_token: str
 ) -> None:
@@ -340,12 +350,7 @@ def test_a_revoked_parent_kills_its_access_tokens_at_once_for_validate_and_refre
     revoke(server, admin_token, key.token_id)
 
     assert validate(server, token, "download").reason == pb.REASON_REVOKED
-    error = refused(
-        grpc.StatusCode.UNAUTHENTICATED,
-        server.tokens.RefreshToken,
-        pb.RefreshTokenRequest(access_token=token),
-    )
-    assert error_reason(error) == "TOKEN_REVOKED"
+    refresh_refused(server, token, "TOKEN_REVOKED")
 
 
 def test_an_expired_parent_ends_refresh_and_validate(
@@ -357,12 +362,7 @@ def test_an_expired_parent_ends_refresh_and_validate(
     clock.advance(100)
 
     assert validate(server, token).reason == pb.REASON_EXPIRED
-    error = refused(
-        grpc.StatusCode.UNAUTHENTICATED,
-        server.tokens.RefreshToken,
-        pb.RefreshTokenRequest(access_token=token),
-    )
-    assert error_reason(error) == "TOKEN_EXPIRED"
+    refresh_refused(server, token, "TOKEN_EXPIRED")
 
 
 def test_refresh_reads_no_store_when_the_parent_is_cached(
@@ -468,12 +468,7 @@ def test_tokens_of_a_retired_key_work_while_it_is_published_and_not_once_it_is_g
     server.clock.advance(GONE_AFTER)
     assert old_kid not in [published.kid for published in signing_keys(server).keys]
     assert validate(server, unseen).reason == pb.REASON_UNKNOWN
-    error = refused(
-        grpc.StatusCode.UNAUTHENTICATED,
-        server.tokens.RefreshToken,
-        pb.RefreshTokenRequest(access_token=unseen),
-    )
-    assert error_reason(error) == "TOKEN_UNKNOWN"
+    refresh_refused(server, unseen, "TOKEN_UNKNOWN")
 
 
 # -- the limit on failed exchanges --------------------------------------------------------------

@@ -76,17 +76,22 @@ def _bash(script: str, cwd: Path, environment: dict[str, str]) -> subprocess.Com
     )
 
 
+def _run_twice(checkout: Checkout, name: str) -> list[subprocess.CompletedProcess[str]]:
+    """The README block `name` run as written, twice in fresh shells, against the served
+    process; the two runs (each must succeed)."""
+    served = checkout.served
+    script = _block(name).replace(f"ADDR={DEFAULT_ADDRESS}", f"ADDR={served.address}")
+    assert f"ADDR={served.address}" in script
+    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+    return runs
+
+
 def test_the_readme_grpcurl_session_runs_as_written_twice_against_one_server(
     checkout: Checkout,
 ) -> None:
-    served = checkout.served
-    script = _block("readme-session").replace(f"ADDR={DEFAULT_ADDRESS}", f"ADDR={served.address}")
-    assert f"ADDR={served.address}" in script
-
-    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
-
-    for run in runs:
-        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+    for run in _run_twice(checkout, "readme-session"):
         answers = run.stdout
         assert "authority.v1.TokenAuthority" in answers
         assert answers.count('"valid": true') == 1
@@ -98,14 +103,7 @@ def test_the_readme_grpcurl_session_runs_as_written_twice_against_one_server(
 def test_the_readme_backend_job_flow_runs_as_written_twice_against_one_server(
     checkout: Checkout,
 ) -> None:
-    served = checkout.served
-    script = _block("readme-exchange").replace(f"ADDR={DEFAULT_ADDRESS}", f"ADDR={served.address}")
-    assert f"ADDR={served.address}" in script
-
-    runs = [_bash(script, checkout.directory, _fresh_shell(checkout.directory)) for _ in range(2)]
-
-    for run in runs:
-        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{served.log.read_text()}"
+    for run in _run_twice(checkout, "readme-exchange"):
         answers = run.stdout
         assert '"refresh_until"' in answers
         assert answers.count('"valid": true') == 2  # the access token, then the refreshed one
