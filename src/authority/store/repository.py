@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.sql import Executable
 
 from authority.domain.errors import AlreadyExists, Reason, Unavailable
 from authority.domain.events import (
@@ -88,6 +89,13 @@ _TOKEN_COLUMNS = (
 )
 # The Validate read: a Core statement compiled once, no ORM identity map on the hot path.
 _GET_TOKEN = select(*_TOKEN_COLUMNS).where(TokenRow.token_id == bindparam("token_id"))
+_EVENTS_AFTER = (
+    select(*EventRow.__table__.columns)
+    .where(EventRow.seq > bindparam("after"))
+    .order_by(EventRow.seq)
+    .limit(bindparam("limit"))
+)
+_LAST_SEQUENCE = select(func.max(EventRow.seq))
 
 
 def _token_from_row(row: TokenRow | Row[*tuple[Any, ...]]) -> TokenRecord:
@@ -643,37 +651,35 @@ class SqlStore:
                 self._held.append(connection)
         return connection
 
-    def get_token(self, token_id: str) -> TokenRecord | None:
-        """The Validate read path: one indexed lookup on this thread's reader connection."""
-        parameters = {"token_id": token_id}
+    def _read(self, query: Executable, parameters: dict[str, Any]) -> Sequence[Row[Any]]:
+        """One statement on this thread's held autocommit reader connection.
+
+        The hot reads (Validate's token lookup, the change feed's poll) run here: opening an
+        ORM session per read cost more than the query itself. No commit: the reader is in
+        autocommit, so no transaction stays open between reads.
+        """
         try:
-            connection = self._read_connection()
-            row = connection.execute(_GET_TOKEN, parameters).first()
+            return self._read_connection().execute(query, parameters).all()
         except DBAPIError:
             # The held connection may have died (database restart): one retry on a new one.
             self._local.connection = None
             try:
-                connection = self._read_connection()
-                row = connection.execute(_GET_TOKEN, parameters).first()
+                return self._read_connection().execute(query, parameters).all()
             except OperationalError as error:
                 raise _unavailable(error) from error
-        # No commit: the reader is in autocommit, so no transaction stays open between reads.
-        return _token_from_row(row) if row is not None else None
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        """The Validate read path: one indexed lookup on this thread's reader connection."""
+        rows = self._read(_GET_TOKEN, {"token_id": token_id})
+        return _token_from_row(rows[0]) if rows else None
 
     def events_after(self, sequence: int, limit: int) -> list[RecordedEvent]:
-        query = select(EventRow).where(EventRow.seq > sequence).order_by(EventRow.seq).limit(limit)
-        try:
-            with self._sessions() as session:
-                return [_event_from_row(row) for row in session.scalars(query)]
-        except OperationalError as error:
-            raise _unavailable(error) from error
+        rows = self._read(_EVENTS_AFTER, {"after": sequence, "limit": limit})
+        return [_event_from_row(row) for row in rows]
 
     def last_sequence(self) -> int:
-        try:
-            with self._sessions() as session:
-                return int(session.scalar(select(func.max(EventRow.seq))) or 0)
-        except OperationalError as error:
-            raise _unavailable(error) from error
+        rows = self._read(_LAST_SEQUENCE, {})
+        return int(rows[0][0] or 0) if rows else 0
 
     def dispose(self) -> None:
         with self._held_lock:
