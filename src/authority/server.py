@@ -224,9 +224,16 @@ async def start_server(application: Application) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(application.settings.listen)
+    listen = application.settings.listen
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {application.settings.listen}")
+        raise SettingsError(
+            f"cannot listen on {listen}: the port is taken or the address is not this host's; "
+            "choose another with --listen or AUTHORITY_LISTEN"
+        )
     await application.feed.start()
     await server.start()
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -327,3 +328,19 @@ def test_bootstrap_after_bootstrap_refuses_and_points_at_break_glass(
         assert completed.returncode != 0, completed.stdout
         assert "break-glass" in completed.stderr, completed.stderr
         assert TOKEN_RE.search(completed.stdout + completed.stderr) is None
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_and_exits(
+    blank_database: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+
+        completed = authority(tmp_path, blank_database, "serve", "--listen", address)
+
+    assert completed.returncode == 1, completed.stderr
+    assert f"authority: cannot listen on {address}" in completed.stderr, completed.stderr
+    assert "AUTHORITY_LISTEN" in completed.stderr
+    assert "Traceback" not in completed.stderr
