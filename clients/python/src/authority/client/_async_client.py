@@ -1,4 +1,5 @@
-"""The asyncio client: the blocking client's validation and token calls on grpc.aio.
+"""The asyncio client: the blocking client's validation, token and key-exchange calls on
+grpc.aio.
 
 Requests and results go through the same `_convert` functions as the blocking client, so the
 two differ only in awaiting the call.
@@ -16,7 +17,13 @@ import grpc
 from authority.client import _convert
 from authority.client._convert import BatchItem
 from authority.client._errors import error_from_rpc
-from authority.client._models import IssuedToken, ScopeProfile, Token, ValidationResult
+from authority.client._models import (
+    AccessToken,
+    IssuedToken,
+    ScopeProfile,
+    Token,
+    ValidationResult,
+)
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 
@@ -100,6 +107,31 @@ class AsyncTokenAuthorityClient:
             self._tokens.ValidateBatch, _convert.batch_request(items), authenticated=False
         )
         return _convert.validation_results(response)
+
+    async def exchange_key(
+        self,
+        key: str,
+        *,
+        scopes: Sequence[str] = (),
+        ttl: timedelta | None = None,
+        audience: str = "",
+    ) -> AccessToken:
+        """See `TokenAuthorityClient.exchange_key`."""
+        request = _convert.exchange_request(key, scopes, ttl, audience)
+        response = await self._call(self._tokens.ExchangeKey, request, authenticated=False)
+        return _convert.access_token(response)
+
+    async def refresh_token(self, access_token: str) -> AccessToken:
+        """See `TokenAuthorityClient.refresh_token`."""
+        request = pb.RefreshTokenRequest(access_token=access_token)
+        response = await self._call(self._tokens.RefreshToken, request, authenticated=False)
+        return _convert.access_token(response)
+
+    async def signing_keys(self) -> str:
+        """See `TokenAuthorityClient.signing_keys`."""
+        request = pb.GetSigningKeysRequest()
+        response = await self._call(self._tokens.GetSigningKeys, request, authenticated=False)
+        return response.jwks_json
 
     async def issue_token(
         self,

@@ -13,6 +13,7 @@ from authority.client import _convert
 from authority.client._convert import BatchItem
 from authority.client._errors import error_from_rpc
 from authority.client._models import (
+    AccessToken,
     IssuedToken,
     Membership,
     Organization,
@@ -120,6 +121,42 @@ class TokenAuthorityClient:
             self._tokens.ValidateBatch, _convert.batch_request(items), authenticated=False
         )
         return _convert.validation_results(response)
+
+    # -- key exchange ----------------------------------------------------------------------
+
+    def exchange_key(
+        self,
+        key: str,
+        *,
+        scopes: Sequence[str] = (),
+        ttl: timedelta | None = None,
+        audience: str = "",
+    ) -> AccessToken:
+        """A short-lived signed access token for the API key `key` (the credential: no bearer).
+
+        `scopes` narrows the key's scopes (never widens them); `ttl` is capped by the server's
+        maximum and the key's expiry (None: the maximum); `audience` is the `aud` claim
+        (empty: the issuer). A refused key raises `Unauthenticated`; repeated failures
+        `ResourceExhausted` with `retry_delay`. For a job, `KeyExchangeCredentials` does this
+        and the refreshing.
+        """
+        request = _convert.exchange_request(key, scopes, ttl, audience)
+        response = self._call(self._tokens.ExchangeKey, request, authenticated=False)
+        return _convert.access_token(response)
+
+    def refresh_token(self, access_token: str) -> AccessToken:
+        """A new access token with the same claims and a new expiry. The one presented may
+        have expired; `Unauthenticated` once its key is revoked or expired, or past its
+        `refresh_until` (then exchange the key again)."""
+        request = pb.RefreshTokenRequest(access_token=access_token)
+        response = self._call(self._tokens.RefreshToken, request, authenticated=False)
+        return _convert.access_token(response)
+
+    def signing_keys(self) -> str:
+        """The published public keys as a JWK set document (`{"keys": [...]}`): what verifies
+        access tokens offline (see `OfflineVerifier`)."""
+        request = pb.GetSigningKeysRequest()
+        return self._call(self._tokens.GetSigningKeys, request, authenticated=False).jwks_json
 
     # -- tokens ----------------------------------------------------------------------------
 

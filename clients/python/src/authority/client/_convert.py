@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from authority.client._models import (
+    AccessToken,
     IssuedToken,
     Membership,
     Organization,
@@ -106,6 +107,17 @@ def issue_request(
     return request
 
 
+def exchange_request(
+    key: str, scopes: Sequence[str], ttl: timedelta | None, audience: str
+) -> pb.ExchangeKeyRequest:
+    if isinstance(scopes, str):
+        raise TypeError("scopes must be a sequence of permission strings, not a str")
+    request = pb.ExchangeKeyRequest(key=key, scopes=list(scopes), audience=audience)
+    if ttl is not None:
+        request.ttl.FromTimedelta(ttl)
+    return request
+
+
 def create_principal_request(
     name: str, kind: PrincipalKind | str
 ) -> admin_pb2.CreatePrincipalRequest:
@@ -163,6 +175,17 @@ def token(message: pb.Token) -> Token:
 
 def issued_token(response: pb.IssueTokenResponse) -> IssuedToken:
     return IssuedToken(token=token(response.token), secret=response.secret)
+
+
+def access_token(response: pb.ExchangeKeyResponse | pb.RefreshTokenResponse) -> AccessToken:
+    return AccessToken(
+        access_token=response.access_token,
+        token_id=response.token_id,
+        expires_at=_datetime(response.expires_at),
+        refresh_until=(
+            _datetime(response.refresh_until) if response.HasField("refresh_until") else None
+        ),
+    )
 
 
 def organization(message: admin_pb2.Organization) -> Organization:

@@ -2,13 +2,15 @@
 
 The server sends a `google.rpc.Status` with rich details next to the plain status: an
 `ErrorInfo` whose stable `reason` (e.g. `TOKEN_REVOKED`, `LAST_OWNER`) every exception exposes
-as `.reason`, so that callers branch on data rather than on message text; and for
-INVALID_ARGUMENT a `BadRequest` naming the offending fields, exposed as `field_violations`.
+as `.reason`, so that callers branch on data rather than on message text; for
+INVALID_ARGUMENT a `BadRequest` naming the offending fields, exposed as `field_violations`; and
+for a rate limit a `RetryInfo`, exposed as `ResourceExhausted.retry_delay`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -81,7 +83,18 @@ class FailedPrecondition(AuthorityClientError):
 
 
 class ResourceExhausted(AuthorityClientError):
-    """A rate or quota limit was reached; retrying later may help."""
+    """A rate or quota limit was reached; retrying later may help. `retry_delay` is how long
+    the server asks the caller to wait (its RetryInfo), None when it did not say."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        retry_delay: timedelta | None = None,
+    ) -> None:
+        super().__init__(code, message, reason)
+        self.retry_delay = retry_delay
 
 
 class Unavailable(AuthorityClientError):
@@ -117,24 +130,35 @@ def error_from_rpc(error: grpc.RpcError) -> AuthorityClientError:
     """The client exception for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     code = error.code()
     message = error.details() or code.name
-    reason, violations = _details(error)
+    details = _details(error)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(code, message, reason, violations)
-    return _BY_CODE.get(code, AuthorityClientError)(code, message, reason)
+        return InvalidArgument(code, message, details.reason, details.violations)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(code, message, details.reason, details.retry_delay)
+    return _BY_CODE.get(code, AuthorityClientError)(code, message, details.reason)
 
 
-def _details(error: Any) -> tuple[str, tuple[FieldViolation, ...]]:
-    """The ErrorInfo reason and the BadRequest field violations of the rich status."""
+@dataclass(frozen=True, slots=True)
+class _Details:
+    reason: str = ""
+    violations: tuple[FieldViolation, ...] = ()
+    retry_delay: timedelta | None = None
+
+
+def _details(error: Any) -> _Details:
+    """The ErrorInfo reason, the BadRequest field violations and the RetryInfo delay of the
+    rich status."""
     # Both sync errors and AioRpcError offer code(), details() and trailing_metadata(),
     # which is all from_call reads. A status it cannot parse is no reason to hide the error.
     try:
         status: status_pb2.Status | None = rpc_status.from_call(error)
     except ValueError:
-        return "", ()
+        return _Details()
     if status is None:
-        return "", ()
+        return _Details()
     reason = ""
     violations: list[FieldViolation] = []
+    retry_delay: timedelta | None = None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -148,4 +172,8 @@ def _details(error: Any) -> tuple[str, tuple[FieldViolation, ...]]:
                 FieldViolation(item.field, item.description)
                 for item in bad_request.field_violations
             )
-    return reason, tuple(violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
+            retry_delay = retry_info.retry_delay.ToTimedelta()
+    return _Details(reason, tuple(violations), retry_delay)

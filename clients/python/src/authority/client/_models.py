@@ -102,6 +102,21 @@ class IssuedToken:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A short-lived signed access token (a JWT) from ExchangeKey or RefreshToken.
+
+    Present `access_token` like an API key; `token_id` (its `jti`) is safe to log. RefreshToken
+    accepts it, even once expired, until `refresh_until`; after that, exchange the key again.
+    `repr()` leaves the token out: it is a bearer secret until it expires.
+    """
+
+    access_token: str = field(repr=False)
+    token_id: str
+    expires_at: datetime
+    refresh_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Organization:
     name: str
     display_name: str
