@@ -5,6 +5,13 @@ comes from AUTHORITY_TOKEN or a file: --token-file, else AUTHORITY_TOKEN_FILE, e
 var/admin-token (what `make run` writes, relative to the working directory); never from a flag,
 so that it stays out of shell history and process listings. These commands are clients: they
 take no server settings (--database-url, --log-level).
+
+`token exchange` and `token refresh` are a job's commands: they take no bearer, but the key (or
+the access token) in the same way, from AUTHORITY_KEY (AUTHORITY_ACCESS_TOKEN), else a file
+(--key-file, AUTHORITY_KEY_FILE; --access-token-file, AUTHORITY_ACCESS_TOKEN_FILE), else one
+line of standard input; and print the access token alone on standard output, for
+`ACCESS=$(authority token exchange ...)`, its id and expiry on standard error (or all of it as
+one JSON object with --json).
 """
 
 from __future__ import annotations
@@ -21,17 +28,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from authority.client import AuthorityClientError, TokenAuthorityClient
+from authority.client import AccessToken, AuthorityClientError, TokenAuthorityClient
 
 _DURATION_RE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DEFAULT_TOKEN_FILE = Path("var/admin-token")  # what `make run` writes
+_JSON_HELP = "print one JSON object (access_token, token_id, expires_at, refresh_until)"
 
 
 def add_commands(commands: Any) -> None:
     """Register `org`, `token` and `validate` on the CLI's sub-parsers (client flags only)."""
-    remote = argparse.ArgumentParser(add_help=False)
-    remote.add_argument("--target", help="server host:port (default: AUTHORITY_LISTEN)")
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--target", help="server host:port (default: AUTHORITY_LISTEN)")
+    remote = argparse.ArgumentParser(add_help=False, parents=[server])
     remote.add_argument(
         "--token-file",
         help="bearer token file (default: AUTHORITY_TOKEN_FILE, else var/admin-token); "
@@ -64,6 +73,38 @@ def add_commands(commands: Any) -> None:
     get.add_argument("token_id")
     revoke = token.add_parser("revoke", parents=[remote], help="revoke a token at once")
     revoke.add_argument("token_id")
+    exchange = token.add_parser(
+        "exchange",
+        parents=[server],
+        help="exchange an API key for a short-lived access token, printed alone on stdout",
+    )
+    exchange.add_argument(
+        "--key-file",
+        help="file holding the API key (default: AUTHORITY_KEY_FILE, else one line of standard "
+        "input); AUTHORITY_KEY, when set, is used instead",
+    )
+    exchange.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a subset of the key's scopes; repeatable (default: all of the key's)",
+    )
+    exchange.add_argument(
+        "--ttl", help="lifetime such as 90s, 10m (default and cap: the server's maximum)"
+    )
+    exchange.add_argument("--audience", default="", help="the aud claim (default: the issuer)")
+    exchange.add_argument("--json", action="store_true", help=_JSON_HELP)
+    refresh = token.add_parser(
+        "refresh",
+        parents=[server],
+        help="a new access token for one that may have expired, printed alone on stdout",
+    )
+    refresh.add_argument(
+        "--access-token-file",
+        help="file holding the access token (default: AUTHORITY_ACCESS_TOKEN_FILE, else one "
+        "line of standard input); AUTHORITY_ACCESS_TOKEN, when set, is used instead",
+    )
+    refresh.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     validate = commands.add_parser(
         "validate", parents=[remote], help="validate a token read from standard input"
@@ -84,6 +125,10 @@ def run(args: argparse.Namespace, listen: str) -> int:
                 del answer["reason"]  # a valid answer has no reason (REASON_UNSPECIFIED)
             _emit([answer])
             return 0 if result.valid else 2
+        if args.command == "token" and args.action in ("exchange", "refresh"):
+            with TokenAuthorityClient(target) as client:
+                _show_access_token(_access_token(client, args), args.json)
+            return 0
         with TokenAuthorityClient(target, token=_bearer(_token_file(args.token_file))) as client:
             _emit(_dispatch(client, args))
         return 0
@@ -119,6 +164,59 @@ def _dispatch(client: TokenAuthorityClient, args: argparse.Namespace) -> Iterabl
         case "token", "revoke":
             return [client.revoke_token(args.token_id)]
     raise AssertionError((args.command, args.action))
+
+
+def _access_token(client: TokenAuthorityClient, args: argparse.Namespace) -> AccessToken:
+    """ExchangeKey or RefreshToken, with the secret read from where the job keeps it."""
+    if args.action == "exchange":
+        key = _secret("key", "AUTHORITY_KEY", "--key-file", args.key_file)
+        return client.exchange_key(
+            key,
+            scopes=args.scope,
+            ttl=parse_duration(args.ttl) if args.ttl else None,
+            audience=args.audience,
+        )
+    presented = _secret(
+        "access token", "AUTHORITY_ACCESS_TOKEN", "--access-token-file", args.access_token_file
+    )
+    return client.refresh_token(presented)
+
+
+def _secret(what: str, variable: str, flag: str, path: str | None) -> str:
+    """A key or access token: from `variable`, else the file named by `flag` (or by
+    `variable`_FILE), else one line of standard input; never from argv."""
+    value = os.environ.get(variable, "").strip()
+    if value:
+        return value
+    where = path or os.environ.get(f"{variable}_FILE", "").strip()
+    if where:
+        try:
+            value = Path(where).read_text().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read the {what} ({error.strerror}: {where})") from error
+    elif not sys.stdin.isatty():
+        value = sys.stdin.readline().strip()
+    if not value:
+        raise ValueError(
+            f"no {what}: set {variable}, pass {flag} (or set {variable}_FILE), "
+            "or write it on standard input"
+        )
+    return value
+
+
+def _show_access_token(issued: AccessToken, as_json: bool) -> None:
+    """The token alone on stdout (for `$(...)`), what is safe to log on stderr; or one JSON
+    object on stdout."""
+    if as_json:
+        _emit([issued])
+        return
+    print(issued.access_token)
+    refreshable = issued.refresh_until.isoformat() if issued.refresh_until else "-"
+    print(
+        f"access token {issued.token_id}: expires {issued.expires_at.isoformat()}, "
+        f"refreshable until {refreshable}",
+        file=sys.stderr,
+    )
 
 
 def parse_duration(text: str) -> timedelta:

@@ -119,6 +119,7 @@ def build_application(
             max_staleness=settings.cache_max_staleness_seconds,
             negative_entries=settings.negative_cache_entries,
             negative_ttl=settings.negative_cache_ttl_seconds,
+            access_token_entries=settings.access_token_cache_entries,
         ),
         monotonic,
         # The ring in use when each token is first verified (replaced whole on rotation).

@@ -33,6 +33,10 @@ class Settings:
     cache_max_staleness_seconds: float = 30.0
     negative_cache_entries: int = 10_000
     negative_cache_ttl_seconds: float = 5.0
+    # Verified access tokens Validate keeps (by their whole value, up to 4 KB each, apart from
+    # the key entries: every refresh mints a new one, and they must not crowd the keys out).
+    # A miss costs a signature check, never a store read. 0: verify every time.
+    access_token_cache_entries: int = 10_000
     validate_batch_max: int = 1000
     # How often each process reads the change log (on PostgreSQL, NOTIFY wakes it at once and
     # this is the safety net, 20 times slower). 0 turns the feed off: other processes' changes

@@ -248,7 +248,7 @@ def test_the_lifetime_is_capped_by_the_setting_and_by_the_keys_expiry(
     capped = claims_of(exchange(server, expiring.secret).access_token)
     assert capped["exp"] == expiring.token.expires_at.seconds
 
-    for bad in (Duration(seconds=0), Duration(seconds=-5)):
+    for bad in (Duration(seconds=0), Duration(seconds=-5), Duration(nanos=500_000_000)):
         error = refused(
             grpc.StatusCode.INVALID_ARGUMENT,
             server.tokens.ExchangeKey,

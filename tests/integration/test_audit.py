@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -45,6 +46,7 @@ TOKEN_RE = re.compile(SCANNER_REGEX)
 AUTHORITY = Path(sys.executable).parent / "authority"
 LIST = "authority.v1.Admin.ListAuditEvents"
 NEW_YEAR = datetime(2030, 1, 1, tzinfo=UTC)
+ISSUER = "token-authority"  # the default: an access token's audience when none is asked for
 
 
 def audit_page(
@@ -469,6 +471,146 @@ def test_a_refusal_is_answered_when_the_store_cannot_record_it(
         _allow_connections(url, True)
         drop_postgres_database(url)
     assert "audit: a refused call was not recorded" in caplog.text
+
+
+# -- key exchanges ----------------------------------------------------------------------------
+
+EXCHANGE = "authority.v1.TokenAuthority.ExchangeKey"
+
+
+def exchange(server: ServerHandle, key: str, **fields: Any) -> pb.ExchangeKeyResponse:
+    response: pb.ExchangeKeyResponse = server.tokens.ExchangeKey(
+        pb.ExchangeKeyRequest(key=key, **fields)
+    )
+    return response
+
+
+def iso(stamp: Timestamp) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).isoformat()
+
+
+def test_an_exchange_is_recorded_with_the_key_the_jti_scopes_audience_and_expiry_never_a_secret(
+    server: ServerHandle, admin_token: str, team: Team
+) -> None:
+    admin = bearer(admin_token)
+    user = make_user_with_token(server, admin_token, team.org, scopes=["download", "upload"])
+    start = newest_sequence(server, admin_token)
+
+    issued = exchange(
+        server,
+        user.credential.secret,
+        scopes=["download"],
+        ttl=Duration(seconds=300),
+        audience="storage",
+    )
+    by_key = exchange(server, team.key.secret)
+    server.tokens.RefreshToken(pb.RefreshTokenRequest(access_token=issued.access_token))
+
+    events = audit_events(server, admin, after=start)
+    assert [event.action for event in events] == ["access_token.issued"] * 2  # no refresh
+    event = audit_events(server, admin, organization=team.org, object=issued.token_id)[0]
+    assert (event.action, event.organization, event.token_id, event.outcome) == (
+        "access_token.issued",
+        team.org,
+        issued.token_id,
+        "ok",
+    )
+    assert (event.actor_principal, event.actor_token_id) == (user.name, user.credential.token_id)
+    assert event.peer.startswith(("ipv4:127.0.0.1:", "ipv6:")), event.peer
+    assert re.fullmatch(r"[0-9a-f]{16}", event.request_id), event.request_id
+    assert dict(event.details) == {
+        "key_id": user.credential.token_id,
+        "scopes": "download",
+        "audience": "storage",
+        "expires_at": iso(issued.expires_at),
+        "refresh_until": iso(issued.refresh_until),
+    }
+    keyed = audit_events(
+        server,
+        bearer(team.owner.credential.secret),
+        organization=team.org,
+        actor=f"key:{team.key.token_id}",
+        action="access_token.issued",
+    )
+    assert [(e.object, e.details["audience"]) for e in keyed] == [(by_key.token_id, ISSUER)]
+    text = json.dumps([MessageToDict(event) for event in events])
+    for secret in (user.credential.secret, team.key.secret, issued.access_token):
+        assert secret not in text
+    assert issued.access_token.split(".")[2] not in text and not TOKEN_RE.search(text)
+
+
+def test_a_refused_exchange_by_a_live_key_is_recorded_in_its_organisation(
+    server: ServerHandle, admin_token: str, team: Team
+) -> None:
+    narrow = make_org_key(server, admin_token, team.org, ["download-only"])
+    start = newest_sequence(server, admin_token)
+
+    error = refused(
+        Code.PERMISSION_DENIED,
+        server.tokens.ExchangeKey,
+        pb.ExchangeKeyRequest(key=narrow.secret, scopes=["upload"]),
+    )
+
+    assert error_reason(error) == "SCOPE_EXCEEDS_ISSUER"
+    [event] = audit_events(
+        server, bearer(team.owner.credential.secret), after=start, organization=team.org
+    )
+    assert (event.action, event.object, event.outcome) == ("call.refused", EXCHANGE, "refused")
+    assert (event.actor_principal, event.actor_token_id) == ("", narrow.token_id)
+    assert dict(event.details) == {
+        "method": EXCHANGE,
+        "code": "PERMISSION_DENIED",
+        "reason": "SCOPE_EXCEEDS_ISSUER",
+    }
+    assert re.fullmatch(r"[0-9a-f]{16}", event.request_id), event.request_id
+
+
+def test_refused_exchanges_of_dead_or_bad_keys_are_recorded_unidentified_and_rate_limited(
+    deployment: Deployment,
+) -> None:
+    """A server of its own: its refusal allowance is untouched by other tests, its monotonic
+    clock stands still (no refill), and its wall clock may move."""
+    admin_token = deployment.admin_token
+    admin = bearer(admin_token)
+    with serve(deployment.database_url) as server:
+        org = make_org(server, admin_token)
+        revoked = make_org_key(server, admin_token, org, ["download"])
+        server.tokens.RevokeToken(pb.RevokeTokenRequest(token_id=revoked.token_id), metadata=admin)
+        expiring = issue(server, admin, org, ttl=Duration(seconds=60)).secret
+        server.clock.advance(61)
+        start = newest_sequence(server, admin_token)
+        for value, reason in [
+            (revoked.secret, "TOKEN_REVOKED"),
+            (expiring, "TOKEN_EXPIRED"),
+            ("tka_nonsense", "TOKEN_MALFORMED"),
+        ]:
+            error = refused(
+                Code.UNAUTHENTICATED, server.tokens.ExchangeKey, pb.ExchangeKeyRequest(key=value)
+            )
+            assert error_reason(error) == reason
+        recorded = audit_events(server, admin, after=start)
+        for _ in range(2 * REFUSAL_BURST):
+            try:
+                exchange(server, "tka_nonsense")
+            except grpc.RpcError as error:
+                assert error.code() in {Code.UNAUTHENTICATED, Code.RESOURCE_EXHAUSTED}
+        flood = audit_events(server, admin, after=start)
+
+    assert [event.details["reason"] for event in reversed(recorded)] == [
+        "TOKEN_REVOKED",
+        "TOKEN_EXPIRED",
+        "TOKEN_MALFORMED",
+    ]
+    for event in recorded:
+        assert (event.action, event.object, event.details["method"]) == (
+            "call.refused",
+            EXCHANGE,
+            EXCHANGE,
+        )
+        assert (event.organization, event.actor_principal, event.actor_token_id) == ("", "", "")
+        assert event.peer and event.request_id
+    assert len(flood) == REFUSAL_BURST
+    assert {event.action for event in flood} == {"call.refused"}
 
 
 # -- never a token value ----------------------------------------------------------------------

@@ -63,8 +63,18 @@ def test_the_benchmark_runs_end_to_end_and_prints_its_tables(tmp_path: Path) -> 
         "ValidateBatch of 100",
         "ValidateStream",
         "Validate, cache off",
+        "Ping (empty RPC), access-token-sized",
+        "ExchangeKey",
+        "RefreshToken",
+        "Validate, access token (cache hit)",
     ):
         assert f"| {scenario} |" in report
+    assert "| RefreshToken / Ping >= 0.80 (50) |" in report
+    assert "| cache-hit Validate of an access token / Ping >= 0.80 (50) |" in report
+    # Offline verification ran with the client package's verifier, both ways.
+    assert "Offline verification (authority.client.OfflineVerifier, one process" in report
+    assert "with the verifier's default cache" in report
+    assert "with cache_size=0" in report
     assert "Server RSS:" in report
     assert "| target | measured | met |" in report
     assert "| SQLite (polls every 50 ms) | all | 15 |" in report

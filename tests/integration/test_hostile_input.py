@@ -11,6 +11,11 @@ disturb other tests; a refused one is checked against a snapshot of the arena, a
 organisation and the list of organisations taken just before it. Read-only calls are checked
 against the snapshot whatever they answer.
 
+Key exchange is checked beside its audit trail: an `access_token.issued` event follows every
+accepted ExchangeKey and no refused one; RefreshToken and Validate also get tokens that this
+service's own key signed with claims of every shape. A refused RotateSigningKey leaves the
+published keys as they were.
+
 `make test` runs a short hypothesis profile; `HYPOTHESIS_PROFILE=long` explores much more.
 """
 
@@ -22,11 +27,12 @@ import re
 import string
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import jwt
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -39,7 +45,8 @@ from authority.domain.events import EventKind
 from authority.domain.validation import MAX_REQUEST_ID
 from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
-from tests.harness import ServerHandle, bearer, unique
+from tests.conftest import Deployment
+from tests.harness import ServerHandle, bearer, serve, unique
 from tests.integration.helpers import (
     MANAGE_SCOPES,
     Metadata,
@@ -54,6 +61,7 @@ from tests.integration.helpers import (
     make_principal,
     make_user_with_token,
     members,
+    signing_keys,
 )
 
 Code = grpc.StatusCode
@@ -130,6 +138,10 @@ class Arena:
     audit_page_token: str
     # The newest event of the arena when it was made (WatchEvents is quiet after it).
     newest_sequence: int
+    # Access tokens exchanged for the arena's live keys (an organisation key and a user's).
+    access_tokens: tuple[str, ...]
+    # The revoked key's value (one of `secrets`: refused by ExchangeKey).
+    revoked_secret: str
     # The last snapshot taken, while nothing has been accepted since: the `before` of the next
     # call (a test's examples run one after the other on this arena, and nothing else uses it).
     last_snapshot: list[Snapshot] = field(default_factory=list)
@@ -178,6 +190,10 @@ def arena(server: ServerHandle, admin_token: str) -> Arena:
     outsider = make_user_with_token(server, admin_token, other_org, "owner")
     outside_key = make_org_key(server, admin_token, other_org, ["all"])
     callers = (owner, manager, member)
+    access_tokens = tuple(
+        server.tokens.ExchangeKey(pb.ExchangeKeyRequest(key=secret)).access_token
+        for secret in (key.secret, member.credential.secret)
+    )
     audit_page_token, newest_sequence = _newest_audit_event(server, admin, org)
     return Arena(
         server=server,
@@ -232,6 +248,8 @@ def arena(server: ServerHandle, admin_token: str) -> Arena:
         ),
         audit_page_token=audit_page_token,
         newest_sequence=newest_sequence,
+        access_tokens=access_tokens,
+        revoked_secret=revoked.secret,
     )
 
 
@@ -489,18 +507,19 @@ def _seconds() -> st.SearchStrategy[int]:
 
 
 NANOS = st.one_of(st.integers(0, 999_999_999), st.sampled_from([-1, 10**9]), INT32)
+DURATION = st.builds(
+    lambda s, n: Duration(seconds=s, nanos=n),
+    st.one_of(
+        st.integers(-10, 11 * 366 * 86400),
+        st.sampled_from([315_360_000, 315_360_001, -315_360_001]),
+        INT64,
+    ),
+    NANOS,
+)
 EXPIRY = st.one_of(
     st.none(),
     st.builds(lambda s, n: ("expires_at", Timestamp(seconds=s, nanos=n)), _seconds(), NANOS),
-    st.builds(
-        lambda s, n: ("ttl", Duration(seconds=s, nanos=n)),
-        st.one_of(
-            st.integers(-10, 11 * 366 * 86400),
-            st.sampled_from([315_360_000, 315_360_001, -315_360_001]),
-            INT64,
-        ),
-        NANOS,
-    ),
+    DURATION.map(lambda duration: ("ttl", duration)),
 )
 
 JSON = st.recursive(
@@ -745,6 +764,231 @@ def test_watch_events(arena: Arena, data: st.DataObject) -> None:
         check_secret_free(arena, first)
 
 
+# -- key exchange, refresh and the signing keys ----------------------------------------------
+
+B64URL = string.ascii_letters + string.digits + "-_"
+# Seconds since the epoch no access token of ours carries (a datetime cannot even hold most).
+ODD_TIMES = [-1, -(2**63), _YEAR_9999 + 1, 2**53 + 1, 2**63, 10**30]
+ACCESS_TOKEN_ISSUED = EventKind.ACCESS_TOKEN_ISSUED.value
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+def signed_here(arena: Arena, token: str) -> dict[str, Any] | None:
+    """The claims of `token` if a key the server publishes signed it, else None."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        published = jwt.PyJWKSet.from_json(signing_keys(arena.server).jwks_json)
+        key = next(key for key in published.keys if key.key_id == kid)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=["EdDSA"],
+            options={"verify_exp": False, "verify_aud": False, "verify_iat": False},
+        )
+    except (jwt.PyJWTError, StopIteration, ValueError, TypeError):
+        return None
+    return claims
+
+
+def _sign(arena: Arena, claims: dict[str, Any]) -> str:
+    """`claims` signed by the server's own current key: what no one else can make, so only
+    the claims' checks stand between a shape the server never signs and a fault."""
+    try:
+        return str(arena.server.running.application.signing.ring.sign(claims))
+    except (TypeError, ValueError):  # PyJWT will not encode it (e.g. a non-string iss)
+        return "not.a.token"
+
+
+def signed_variants(arena: Arena) -> st.SearchStrategy[str]:
+    """Access tokens signed by this service's own key with one claim missing or of any value
+    (times far out of range among them)."""
+    real = claims_of(arena.access_tokens[0])
+    names = st.sampled_from(sorted(real))
+    odd_values = st.one_of(JSON, st.sampled_from([0, 2**31, *ODD_TIMES, True, "", [], {}]))
+    times = st.sampled_from(["exp", "iat", "refresh_until"])
+    odd_times = st.one_of(INT64, st.sampled_from(ODD_TIMES))
+    claims = st.one_of(
+        st.builds(lambda name, value: {**real, name: value}, names, odd_values),
+        st.builds(lambda name, value: {**real, name: value}, times, odd_times),
+        names.map(lambda name: {key: value for key, value in real.items() if key != name}),
+    )
+    return claims.map(lambda hostile: _sign(arena, hostile))
+
+
+def jwt_shaped(arena: Arena) -> st.SearchStrategy[str]:
+    """Access tokens: real, cut, extended, junk in three parts, hostile JSON in the header and
+    payload, and signed by this service with claims of any shape."""
+    tokens = st.sampled_from(list(arena.access_tokens))
+    real = claims_of(arena.access_tokens[0])
+    kid = jwt.get_unverified_header(arena.access_tokens[0])["kid"]
+    part = st.text(B64URL, min_size=1, max_size=120)
+    header = st.one_of(
+        JSON,
+        st.fixed_dictionaries(
+            {
+                "alg": st.one_of(st.sampled_from(["EdDSA", "none", "HS256"]), JSON),
+                "typ": st.one_of(st.just("at+jwt"), JSON),
+                "kid": st.one_of(st.just(kid), JSON),
+            }
+        ),
+    )
+    return st.one_of(
+        tokens,
+        st.builds(lambda token, cut: token[:cut], tokens, st.integers(0, 700)),
+        st.builds(lambda token, junk: token + junk, tokens, HOSTILE_SHORT),
+        st.builds(lambda *parts: ".".join(parts), part, part, part),
+        st.builds(
+            lambda head, body, signature: f"{_b64_json(head)}.{_b64_json(body)}.{signature}",
+            header,
+            st.one_of(st.just(real), JSON),
+            part,
+        ),
+        signed_variants(arena),
+    )
+
+
+@pytest.fixture
+def exchanger(deployment: Deployment) -> Iterator[ServerHandle]:
+    """A server of its own on the arena's database, for ExchangeKey: its limits on failed
+    exchanges and on recorded refusals are refilled before each call (its monotonic clock is
+    moved), so that every example reaches the checks behind them; the shared server's
+    allowances are left alone."""
+    with serve(deployment.database_url) as server:
+        yield server
+
+
+def newest_exchange(arena: Arena) -> str:
+    """The access token id of the newest `access_token.issued` event."""
+    page = arena.server.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(action=ACCESS_TOKEN_ISSUED, page_size=1),
+        metadata=arena.admin,
+    )
+    return str(page.events[0].object) if page.events else ""
+
+
+def exchange_keys(arena: Arena) -> st.SearchStrategy[str]:
+    """The arena's tokens about half the time (so that exchanges get past the key and reach
+    the other fields), else damaged, forged or junk keys and access tokens."""
+    secrets = st.sampled_from(list(arena.secrets))
+    others = st.one_of(
+        HOSTILE,
+        st.builds(
+            _well_formed,
+            st.sampled_from(list(arena.token_ids)),
+            st.text(ALNUM, min_size=43, max_size=43),
+        ),
+        st.builds(lambda secret, junk: secret + junk, secrets, HOSTILE_SHORT),
+        st.builds(lambda secret, cut: secret[:cut], secrets, st.integers(0, 70)),
+        secrets.map(lambda secret: f" {secret}\n"),
+        jwt_shaped(arena),
+    )
+    return st.booleans().flatmap(lambda real: secrets if real else others)
+
+
+@given(data=st.data())
+def test_exchange_key(arena: Arena, exchanger: ServerHandle, data: st.DataObject) -> None:
+    request = pb.ExchangeKeyRequest(
+        key=data.draw(exchange_keys(arena), "key"),
+        scopes=data.draw(mostly([], SCOPES), "scopes"),
+        audience=data.draw(mostly("", HOSTILE), "audience"),
+    )
+    ttl = data.draw(st.one_of(st.none(), DURATION), "ttl")
+    if ttl is not None:
+        request.ttl.CopyFrom(ttl)
+    with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
+    metadata = data.draw(bearer_metadata(arena), "bearer")  # none is needed: never echoed
+    exchanger.monotonic.value += 3600
+    recorded = newest_exchange(arena)
+
+    answer = call(arena, exchanger.tokens.ExchangeKey, request, metadata, read_only=True)
+
+    if answer is None:
+        assert newest_exchange(arena) == recorded, "a refused exchange was recorded as issued"
+        return
+    assert newest_exchange(arena) == answer.token_id, "an exchange was not recorded"
+    claims = claims_of(answer.access_token)
+    keys = {secret[4:20]: secret for secret in arena.secrets}
+    assert claims["parent"] in keys, "an access token for no key of the arena"
+    assert keys[claims["parent"]] in request.key and keys[claims["parent"]] != arena.revoked_secret
+    assert (claims["jti"], claims["exp"]) == (answer.token_id, answer.expires_at.seconds)
+    assert claims["iat"] < claims["exp"] <= claims["iat"] + 900
+
+
+def access_token_values(arena: Arena) -> st.SearchStrategy[str]:
+    """The arena's access tokens about half the time, else signed variants, damaged, forged
+    or junk values, and keys."""
+    others = st.one_of(
+        signed_variants(arena), jwt_shaped(arena), HOSTILE, st.sampled_from(list(arena.secrets))
+    )
+    tokens = st.sampled_from(list(arena.access_tokens))
+    return st.booleans().flatmap(lambda real: tokens if real else others)
+
+
+@given(data=st.data())
+def test_refresh_token(arena: Arena, data: st.DataObject) -> None:
+    request = pb.RefreshTokenRequest(
+        access_token=data.draw(access_token_values(arena), "access_token")
+    )
+    with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
+    metadata = data.draw(bearer_metadata(arena), "bearer")
+
+    answer = call(arena, arena.server.tokens.RefreshToken, request, metadata, read_only=True)
+
+    if answer is None:
+        return
+    presented = signed_here(arena, request.access_token)
+    assert presented is not None, "refreshed a token this service did not sign"
+    renewed = claims_of(answer.access_token)
+    kept = ("iss", "sub", "aud", "client_id", "scope", "org", "parent", "refresh_until")
+    assert {name: renewed[name] for name in kept} == {name: presented[name] for name in kept}
+    assert renewed["jti"] == answer.token_id != presented["jti"]
+
+
+@given(data=st.data())
+def test_get_signing_keys(arena: Arena, data: st.DataObject) -> None:
+    request = with_unknown(
+        pb.GetSigningKeysRequest(), data.draw(unknown_fields(), "unknown fields")
+    )
+    metadata = data.draw(bearer_metadata(arena), "bearer")  # none is needed: never echoed
+
+    answer = call(arena, arena.server.tokens.GetSigningKeys, request, metadata, read_only=True)
+
+    assert answer is not None, "GetSigningKeys needs nothing and refuses no one"
+    published = json.loads(answer.jwks_json)["keys"]
+    assert [key["kid"] for key in published] == [key.kid for key in answer.keys]
+    for key in published:  # public parts only, never `d`
+        assert set(key) == {"kty", "crv", "x", "kid", "alg", "use"}, key
+
+
+def published_kids(arena: Arena) -> list[str]:
+    return [key.kid for key in signing_keys(arena.server).keys]
+
+
+@given(data=st.data())
+def test_rotate_signing_key(arena: Arena, data: st.DataObject) -> None:
+    request = with_unknown(
+        admin_pb2.RotateSigningKeyRequest(), data.draw(unknown_fields(), "unknown fields")
+    )
+    metadata = data.draw(bearer_metadata(arena), "bearer")
+    before = published_kids(arena)
+
+    answer = call(arena, arena.server.admin.RotateSigningKey, request, metadata)
+
+    after = published_kids(arena)
+    if answer is None:
+        assert after == before, "a refused rotation changed the signing keys"
+        return
+    assert metadata == arena.admin, "only a global administrator's global token rotates"
+    assert (answer.kid, answer.retired_kid) == (after[0], before[0])
+    assert after[1:] == before
+    for token in arena.access_tokens:  # a retired key's tokens still verify
+        assert arena.server.tokens.Validate(pb.ValidateRequest(token=token)).valid
+
+
 # -- Admin -------------------------------------------------------------------------------------
 
 
@@ -922,6 +1166,7 @@ def validate_requests(arena: Arena, text: st.SearchStrategy[str]) -> st.SearchSt
         st.builds(lambda secret, cut: secret[:cut], secrets, st.integers(0, 70)),
         secrets.map(str.lower),
         secrets.map(lambda secret: f" {secret}\n"),
+        jwt_shaped(arena),
     )
     permission = st.one_of(
         st.sampled_from(["", "download", "upload", "/authority.v1.Admin/ListMembers", "a.*"]),
@@ -937,7 +1182,8 @@ def validate_requests(arena: Arena, text: st.SearchStrategy[str]) -> st.SearchSt
 def check_verdict(arena: Arena, request: Any, answer: Any) -> None:
     assert answer.request_id == request.request_id
     if answer.valid:
-        assert request.token in arena.secrets, "valid, but not one of the tokens issued"
+        issued = request.token in arena.secrets or signed_here(arena, request.token) is not None
+        assert issued, "valid, but not one of the tokens issued"
         assert answer.reason == pb.REASON_UNSPECIFIED, "a valid answer carries no reason"
     else:
         assert answer.reason != pb.REASON_UNSPECIFIED, "a refused token carries its reason"
@@ -1041,6 +1287,35 @@ def test_forged_page_token(arena: Arena, rpc_name: str, case: str) -> None:
     else:
         request = admin_pb2.ListOrganizationsRequest(page_token=token)
         call(arena, arena.server.admin.ListOrganizations, request, arena.admin, read_only=True)
+
+
+# -- access tokens hypothesis found, kept as fixed cases -----------------------------------------
+
+# Signed by this service's own key, so only the claims' checks stand in the way: a time no
+# datetime (or timedelta) can hold made Validate and RefreshToken fail with INTERNAL.
+SIGNED_ODD_TIMES = [
+    ("exp", 2**53 + 1),
+    ("exp", 10**30),
+    ("iat", -(2**63)),
+    ("refresh_until", 2**63),
+    ("iat", -1),
+]
+
+
+@pytest.mark.parametrize(("claim", "value"), SIGNED_ODD_TIMES)
+def test_a_signed_token_with_a_time_out_of_range_is_malformed_to_validate_and_refresh(
+    arena: Arena, claim: str, value: int
+) -> None:
+    token = _sign(arena, {**claims_of(arena.access_tokens[0]), claim: value})
+
+    answer = arena.server.tokens.Validate(pb.ValidateRequest(token=token), timeout=CALL_TIMEOUT)
+    assert (answer.valid, answer.reason) == (False, pb.REASON_MALFORMED)
+    with pytest.raises(grpc.RpcError) as refused:
+        arena.server.tokens.RefreshToken(
+            pb.RefreshTokenRequest(access_token=token), timeout=CALL_TIMEOUT
+        )
+    assert refused.value.code() == Code.UNAUTHENTICATED, refused.value.details()
+    assert error_reason(refused.value) == "TOKEN_MALFORMED"
 
 
 # -- requests close to the server's 16 MiB limit -------------------------------------------------

@@ -1,4 +1,5 @@
-"""`authority org|token|validate`: the operator's CLI against a running server, as JSON lines."""
+"""`authority org|token|validate`: the operator's CLI against a running server, as JSON lines;
+and a job's `authority token exchange|refresh`, which print the access token alone."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from authority import cli
+from authority.v1 import token_authority_pb2 as pb
 from tests.conftest import Deployment
-from tests.harness import unique
+from tests.harness import bearer, unique
+from tests.integration.helpers import Credential, make_org, make_org_key, validate
 
 AUTHORITY = Path(sys.executable).parent / "authority"
 
@@ -150,6 +154,114 @@ def test_the_token_file_can_come_from_authority_token_file(
     assert all("name" in json.loads(line) for line in completed.stdout.splitlines())
 
 
+# -- a job's commands: token exchange and token refresh ----------------------------------------
+
+
+def job(
+    deployment: Deployment, *arguments: str, stdin: str = "", **environment: str
+) -> subprocess.CompletedProcess[str]:
+    """`authority token ...` as a job runs it: no bearer, the secret where `environment` or
+    `stdin` puts it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
+    return subprocess.run(
+        [str(AUTHORITY), "token", *arguments, "--target", deployment.server.address],
+        env={**clean, **environment},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def printed_token(completed: subprocess.CompletedProcess[str]) -> str:
+    """The access token: alone on stdout, its id (never the token) on stderr."""
+    assert completed.returncode == 0, completed.stderr
+    token = completed.stdout.removesuffix("\n")
+    assert token.count(".") == 2 and "\n" not in token, completed.stdout
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert completed.stderr.startswith(f"access token {claims['jti']}: expires "), completed.stderr
+    assert token not in completed.stderr
+    return token
+
+
+@pytest.fixture
+def job_key(deployment: Deployment) -> Credential:
+    org = make_org(deployment.server, deployment.admin_token)
+    return make_org_key(deployment.server, deployment.admin_token, org, ["download", "upload"])
+
+
+def test_a_job_exchanges_its_key_from_the_environment_a_file_or_stdin_and_refreshes(
+    deployment: Deployment, job_key: Credential, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(job_key.secret + "\n")
+    narrowed = ("--scope", "download", "--ttl", "10m", "--audience", "storage")
+
+    from_env = printed_token(job(deployment, "exchange", *narrowed, AUTHORITY_KEY=job_key.secret))
+    from_flag = printed_token(job(deployment, "exchange", "--key-file", str(key_file)))
+    from_file_env = printed_token(job(deployment, "exchange", AUTHORITY_KEY_FILE=str(key_file)))
+    from_stdin = printed_token(job(deployment, "exchange", stdin=job_key.secret + "\n"))
+    refreshed = printed_token(job(deployment, "refresh", AUTHORITY_ACCESS_TOKEN=from_env))
+    piped = printed_token(job(deployment, "refresh", stdin=refreshed + "\n"))
+
+    claims = jwt.decode(from_env, options={"verify_signature": False})
+    assert (claims["scope"], claims["aud"], claims["exp"] - claims["iat"]) == (
+        "download",
+        "storage",
+        600,
+    )
+    assert claims["parent"] == job_key.token_id
+    for token in (from_flag, from_file_env, from_stdin):
+        assert jwt.decode(token, options={"verify_signature": False})["scope"] == "download upload"
+    renewed = jwt.decode(piped, options={"verify_signature": False})
+    assert renewed["jti"] != claims["jti"] and renewed["scope"] == "download"
+    assert validate(deployment.server, piped, "download").valid
+    assert validate(deployment.server, piped, "upload").reason == pb.REASON_PERMISSION_DENIED
+
+
+def test_json_prints_the_token_its_id_and_times_as_one_object(
+    deployment: Deployment, job_key: Credential
+) -> None:
+    completed = job(deployment, "exchange", "--json", AUTHORITY_KEY=job_key.secret)
+
+    [answer] = lines(completed)
+    assert set(answer) == {"access_token", "token_id", "expires_at", "refresh_until"}
+    claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
+    assert answer["token_id"] == claims["jti"]
+    assert datetime.fromisoformat(answer["expires_at"]).timestamp() == claims["exp"]
+    assert datetime.fromisoformat(answer["refresh_until"]).timestamp() == claims["refresh_until"]
+    assert completed.stderr == ""
+    refreshed = lines(job(deployment, "refresh", "--json", stdin=answer["access_token"]))[0]
+    assert refreshed["token_id"] != answer["token_id"]
+    assert refreshed["refresh_until"] == answer["refresh_until"]
+
+
+def test_a_refused_exchange_or_refresh_says_why_in_one_line_and_exits_1(
+    deployment: Deployment, job_key: Credential
+) -> None:
+    wider = job(deployment, "exchange", "--scope", "billing.read", AUTHORITY_KEY=job_key.secret)
+    forged = job(deployment, "refresh", AUTHORITY_ACCESS_TOKEN="aaaa.bbbb.cccc")
+    deployment.server.tokens.RevokeToken(
+        pb.RevokeTokenRequest(token_id=job_key.token_id), metadata=bearer(deployment.admin_token)
+    )
+    revoked = job(deployment, "exchange", AUTHORITY_KEY=job_key.secret)
+    nothing = job(deployment, "exchange")
+    bad_ttl = job(deployment, "exchange", "--ttl", "soon", AUTHORITY_KEY=job_key.secret)
+
+    for completed, message in [
+        (wider, "authority: PERMISSION_DENIED: "),
+        (forged, "authority: UNAUTHENTICATED: the access token is malformed"),
+        (revoked, "authority: UNAUTHENTICATED: the key was revoked"),
+        (nothing, "authority: no key: set AUTHORITY_KEY, pass --key-file"),
+        (bad_ttl, "authority: --ttl 'soon'"),
+    ]:
+        assert completed.returncode == 1, completed.stderr
+        assert completed.stderr.startswith(message), completed.stderr
+        assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+        assert completed.stdout == ""
+        assert job_key.secret not in completed.stderr
+
+
 # -- help: client commands take client flags only ---------------------------------------------
 
 CLIENT_COMMANDS = [
@@ -162,6 +274,7 @@ CLIENT_COMMANDS = [
     ("validate",),
 ]
 SERVER_ONLY_FLAGS = ("--database-url", "--log-level")
+JOB_COMMANDS = [("token", "exchange"), ("token", "refresh")]
 
 
 def _help(capsys: pytest.CaptureFixture[str], *command: str) -> str:
@@ -179,6 +292,17 @@ def test_client_commands_list_no_server_flags_in_their_help(
 
     assert "--target" in text and "--token-file" in text
     for flag in SERVER_ONLY_FLAGS:
+        assert flag not in text, f"authority {' '.join(command)} --help lists {flag}"
+
+
+@pytest.mark.parametrize("command", JOB_COMMANDS, ids=" ".join)
+def test_job_commands_take_a_target_but_no_bearer_and_no_server_flags(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    text = _help(capsys, *command)
+
+    assert "--target" in text and "--json" in text
+    for flag in ("--token-file", *SERVER_ONLY_FLAGS):
         assert flag not in text, f"authority {' '.join(command)} --help lists {flag}"
 
 

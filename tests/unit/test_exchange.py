@@ -3,16 +3,28 @@ in-memory key ring (no server, no database)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
 
-from authority.domain.errors import InvalidArgument, PermissionDenied, Reason, Unauthenticated
+from authority.domain.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    Unauthenticated,
+    Unavailable,
+)
+from authority.domain.events import Event, EventKind, Initiator, Outcome
 from authority.domain.exchange import (
     AccessClaims,
+    AccessTokens,
     ExchangeLimits,
+    FailureLimiter,
+    IssuedAccessToken,
     access_entry,
     exchange_claims,
     looks_like_jwt,
@@ -22,8 +34,10 @@ from authority.domain.exchange import (
 )
 from authority.domain.models import TokenRecord
 from authority.domain.signing import KeyLifetimes, KeyRing, KeySealer, new_signing_key
+from authority.domain.token_format import new_token
+from authority.domain.validation import UNKNOWN, ValidationEntry, decide
 from authority.domain.validation import Reason as Verdict
-from authority.domain.validation import ValidationEntry, decide
+from authority.domain.validation import Verdict as Answer
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LIMITS = ExchangeLimits("token-authority", timedelta(minutes=15), timedelta(hours=24))
@@ -109,9 +123,11 @@ def test_the_lifetime_is_the_ttl_capped_by_the_maximum_and_the_keys_expiry(
     assert claims.expires_at - claims.issued_at == lifetime
 
 
-def test_a_ttl_must_be_positive() -> None:
-    with pytest.raises(InvalidArgument):
-        exchange_claims(key(), (), timedelta(0), "", NOW, LIMITS)
+@pytest.mark.parametrize("seconds", [0, -5, 0.5, 0.999])
+def test_a_ttl_under_a_second_is_a_bad_field_not_a_token_dead_on_arrival(seconds: float) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        exchange_claims(key(), (), timedelta(seconds=seconds), "", NOW, LIMITS)
+    assert refused.value.field == "ttl"
 
 
 def test_a_subset_of_scopes_is_granted_and_more_refused() -> None:
@@ -187,6 +203,21 @@ def test_a_signed_token_reads_back_and_every_alteration_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 10**30), ("exp", 253402300800), ("iat", -1), ("refresh_until", 2**63)],
+)
+def test_a_signed_token_with_a_time_no_datetime_holds_reads_as_malformed(
+    claim: str, value: int
+) -> None:
+    keys = ring()
+    claims = exchange_claims(key(), (), None, "", NOW, LIMITS).as_dict()
+
+    token = keys.sign({**claims, claim: value})
+
+    assert read_access_token(keys, token, NOW, LIMITS.issuer) is Verdict.MALFORMED
+
+
+@pytest.mark.parametrize(
     ("value", "shaped"),
     [
         ("aaa.bbb.ccc", True),
@@ -222,3 +253,103 @@ def test_a_peer_is_counted_by_address_not_by_port() -> None:
     assert peer_address("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
     assert peer_address("ipv6:[::1]:4000") == "ipv6:[::1]"
     assert peer_address("unix:/tmp/socket") == "unix:/tmp/socket"
+
+
+# -- the use case: an exchange is recorded before its token is signed --------------------------
+
+
+class FakeKeys:
+    """The Validate cache as the exchange sees it: one live key, found by its value."""
+
+    def __init__(self, value: str, entry: ValidationEntry) -> None:
+        self.value = value
+        self.entry = entry
+
+    async def validate(self, value: str, permission: str) -> Answer:
+        return Answer(Verdict.OK, self.entry) if value == self.value else UNKNOWN
+
+    async def key_entry(self, token_id: str) -> ValidationEntry | None:
+        return self.entry if token_id == self.entry.token_id else None
+
+
+class Signer:
+    """The key ring, counting how often it is taken (to sign)."""
+
+    def __init__(self) -> None:
+        self.ring = ring()
+        self.taken = 0
+
+    def __call__(self) -> KeyRing:
+        self.taken += 1
+        return self.ring
+
+
+def exchange_with(
+    record: Callable[[Event], Awaitable[None]], signer: Signer
+) -> tuple[str, IssuedAccessToken | Exception]:
+    """Exchange a user's key (scopes narrowed, an audience) through AccessTokens: its value,
+    and the issued token or the exception raised."""
+    value = new_token(KEY_ID).value
+    access = AccessTokens(
+        FakeKeys(value, key(subject="ada")),
+        signer,
+        lambda: NOW,
+        LIMITS,
+        FailureLimiter.default(lambda: 0.0),
+    )
+
+    async def scenario() -> IssuedAccessToken:
+        holder = await access.present(value, "ipv4:10.0.0.7:5000", "0123456789abcdef")
+        return await access.exchange(holder, ["download"], None, "storage", record)
+
+    try:
+        return value, asyncio.run(scenario())
+    except Exception as error:  # the test looks at it
+        return value, error
+
+
+def test_an_exchange_is_recorded_before_it_is_signed_naming_the_key_and_the_jti() -> None:
+    signer = Signer()
+    recorded: list[Event] = []
+    signed_before: list[int] = []
+
+    async def record(event: Event) -> None:
+        recorded.append(event)
+        signed_before.append(signer.taken)
+
+    value, issued = exchange_with(record, signer)
+
+    assert isinstance(issued, IssuedAccessToken)
+    assert (signed_before, signer.taken) == ([0], 1)
+    jti = issued.claims.token_id
+    assert recorded == [
+        Event(
+            EventKind.ACCESS_TOKEN_ISSUED,
+            NOW,
+            Initiator("ada", KEY_ID, "ipv4:10.0.0.7:5000", "0123456789abcdef"),
+            "acme",
+            jti,
+            jti,
+            Outcome.OK,
+            {
+                "key_id": KEY_ID,
+                "scopes": "download",
+                "audience": "storage",
+                "expires_at": (NOW + timedelta(minutes=15)).isoformat(),
+                "refresh_until": (NOW + timedelta(hours=24)).isoformat(),
+            },
+        )
+    ]
+    assert value not in repr(recorded) and issued.value not in repr(recorded)
+
+
+def test_a_store_that_cannot_record_refuses_the_exchange_and_nothing_is_signed() -> None:
+    signer = Signer()
+
+    async def record(event: Event) -> None:
+        raise Unavailable("the token store is unavailable (OperationalError); retry shortly")
+
+    _, outcome = exchange_with(record, signer)
+
+    assert isinstance(outcome, Unavailable)
+    assert signer.taken == 0

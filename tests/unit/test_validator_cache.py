@@ -533,3 +533,46 @@ def test_values_that_are_neither_keys_nor_jwts_are_malformed_unread() -> None:
     for value in ("", "tka_x", "a.b", "a.b.c.d", "a.b.c!", "a." + "b" * 5000 + ".c"):
         assert validate(setup, value) is Reason.MALFORMED
     assert reader.reads == []
+
+
+def more_access_tokens(reader: FakeSigned, count: int) -> list[str]:
+    """`count` further verified access tokens of `parent` (each refresh mints a new one)."""
+    template = next(iter(reader.claims.values()))
+    values = []
+    for index in range(count):
+        value = f"aaaa.bbbb.{index:04d}"
+        reader.claims[value] = dataclasses.replace(template, token_id=f"{index:016d}")
+        values.append(value)
+    return values
+
+
+def test_access_tokens_have_their_own_bound_and_a_flood_of_them_evicts_no_key() -> None:
+    setup, reader, _, first = signed_setup(max_entries=2, access_token_entries=3)
+    other = setup.store.issue(setup.clock)
+    assert validate(setup, other) is Reason.OK  # the two keys fill the key bound
+    assert validate(setup, first) is Reason.OK
+    flood = more_access_tokens(reader, 100)
+    setup.store.loads.clear()
+
+    assert {validate(setup, value) for value in flood} == {Reason.OK}
+
+    stats = setup.validator.stats()
+    assert (stats.size, stats.evictions) == (2, 0)  # no key entry went
+    assert validate(setup, other) is Reason.OK
+    assert setup.store.loads == []  # neither key was read again
+    reads = len(reader.reads)
+    assert [validate(setup, value) for value in flood[-3:]] == [Reason.OK] * 3
+    assert len(reader.reads) == reads  # the newest three are held
+    assert validate(setup, first) is Reason.OK
+    assert reader.reads[reads:] == [first]  # the oldest is verified again
+
+
+def test_access_token_entries_zero_verifies_every_time_and_keeps_the_key_cached() -> None:
+    setup, reader, parent, value = signed_setup(access_token_entries=0)
+    assert validate(setup, value) is Reason.OK  # reads the key
+    reader.reads.clear()
+
+    assert [validate(setup, value) for _ in range(3)] == [Reason.OK] * 3
+
+    assert reader.reads == [value] * 3
+    assert setup.store.loads == [parent.token_id]

@@ -15,10 +15,14 @@ from authority.api.errors import (
     fail,
     log_call,
     management,
+    new_request_id,
+    permission_of,
     public,
+    refusal_of,
     streaming,
 )
 from authority.api.runtime import Runtime
+from authority.domain.exchange import KeyHolder
 from authority.domain.policy import Caller
 from authority.domain.signing import jwks_json
 from authority.domain.tokens import IssueTokenCommand
@@ -31,6 +35,7 @@ from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TokenAuthority"]
+EXCHANGE_KEY = permission_of(SERVICE, "ExchangeKey")
 # Answers a stream may hold before it stops reading requests (back-pressure).
 STREAM_BUFFER = 1024
 
@@ -196,25 +201,40 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     async def ExchangeKey(
         self, request: pb.ExchangeKeyRequest, context: Context
     ) -> pb.ExchangeKeyResponse:
-        """The key is the credential (no bearer); answered from the Validate cache."""
-        issued = await self.runtime.access_tokens.exchange(
-            request.key,
-            list(request.scopes),
-            (
+        """The key is the credential (no bearer); answered from the Validate cache. The
+        exchange is put in the audit trail before it is answered; a refusal like a refused
+        management call's (by the key once it is known, within its organisation's allowance)."""
+        runtime = self.runtime
+        peer, request_id = context.peer(), new_request_id()
+        holder: KeyHolder | None = None
+        try:
+            ttl = (
                 convert.to_timedelta(request.ttl.seconds, request.ttl.nanos, "ttl")
                 if request.HasField("ttl")
                 else None
-            ),
-            request.audience,
-            context.peer(),
-        )
+            )
+            holder = await runtime.access_tokens.present(request.key, peer, request_id)
+            issued = await runtime.access_tokens.exchange(
+                holder,
+                list(request.scopes),
+                ttl,
+                request.audience,
+                lambda event: runtime.run(runtime.audit.record, event),
+            )
+        except Exception as error:
+            caller = holder.caller if holder is not None else None
+            refusal = refusal_of(EXCHANGE_KEY, error, caller, peer, request_id)
+            if refusal is not None:
+                await runtime.record_refusal(refusal)
+            raise
         return pb.ExchangeKeyResponse(**convert.access_token(issued))
 
     @public(SERVICE)
     async def RefreshToken(
         self, request: pb.RefreshTokenRequest, context: Context
     ) -> pb.RefreshTokenResponse:
-        """No store read when the parent key is cached."""
+        """No store read when the parent key is cached, and no write ever: a refresh is not
+        in the audit trail (the exchange that began its chain is)."""
         issued = await self.runtime.access_tokens.refresh(request.access_token)
         return pb.RefreshTokenResponse(**convert.access_token(issued))
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 from authority.api.errors import Reauthenticate
-from authority.domain.events import RecordedEvent, WatchedEvent
+from authority.domain.events import TOKEN_KINDS, RecordedEvent, WatchedEvent
 from authority.domain.policy import Caller
 from authority.domain.watch import MAX_PAGE, check_watch
 
@@ -45,10 +45,15 @@ async def follow(
     wake = asyncio.Event()
     bearer_id = caller.token_id
 
+    def organization_or_bearer(recorded: RecordedEvent) -> bool:
+        return recorded.event.organization == organization or recorded.event.token_id == bearer_id
+
     def on_events(batch: Sequence[RecordedEvent]) -> None:
         # Called on the loop with every batch this process applies: cheap, never raises.
+        # Token events only: an exchange's `access_token.issued` is not streamed, and a wake
+        # costs every watcher of the organisation a read.
         if not wake.is_set() and any(
-            recorded.event.organization == organization or recorded.event.token_id == bearer_id
+            recorded.event.kind in TOKEN_KINDS and organization_or_bearer(recorded)
             for recorded in batch
         ):
             wake.set()

@@ -73,12 +73,18 @@ Monotonic = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    """Bounds of the cache. `max_entries=0` disables it: every Validate reads the store."""
+    """Bounds of the cache. `max_entries=0` disables it: every Validate reads the store.
+
+    `access_token_entries` bounds the verified access tokens on their own (0: none kept, each
+    is verified again): they are keyed by their whole value, up to 4 KB, and a job mints a new
+    one at every refresh, so they must not share the keys' bound or memory.
+    """
 
     max_entries: int = 100_000
     max_staleness: float = 30.0
     negative_entries: int = 10_000
     negative_ttl: float = 5.0
+    access_token_entries: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +133,12 @@ class Validator:
         self._absent: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ValidationEntry | None]] = {}
         # Signed access tokens, by the WHOLE value (never by jti alone: a forged token with a
-        # known jti must not find a verified entry): verified ones, and refused ones apart, for
-        # the negative TTL only (a kid unknown here may be another process's newest key).
+        # known jti must not find a verified entry): verified ones, up to their own bound, and
+        # refused ones apart, for the negative TTL only (a kid unknown here may be another
+        # process's newest key). The value itself is the key, not a digest of it: Python's own
+        # str hash costs a fifth of a SHA-256 digest (about 0.16 against 0.8 microseconds for
+        # an 800-character token), on every Validate of one; the bound caps the memory
+        # (access_token_entries x 4 KB at most).
         self._signed: OrderedDict[str, _Signed] = OrderedDict()
         self._signed_refused: OrderedDict[str, tuple[Verdict, float]] = OrderedDict()
         # When the change feed last confirmed every entry (see `confirm`); -inf: never.
@@ -245,9 +255,9 @@ class Validator:
                     self._signed_refused.popitem(last=False)
             return verdict
         signed = _Signed(claims)
-        if config.max_entries > 0:
+        if config.access_token_entries > 0:
             self._signed[value] = signed
-            if len(self._signed) > config.max_entries:
+            if len(self._signed) > config.access_token_entries:
                 self._signed.popitem(last=False)
         return signed
 

@@ -1,7 +1,8 @@
 """The audit trail: who did what to which object, when, from where, read from the change log.
 
-Every change a use case makes is recorded in its own unit of work (`tx.record`); this module
-reads it back (ListAuditEvents, `authority audit export`), records the management calls that
+Every change a use case makes is recorded in its own unit of work (`tx.record`), and so is
+every key exchange (`access_token.issued`, domain/exchange.py); this module reads it back
+(ListAuditEvents, `authority audit export`), records the management calls and key exchanges that
 were refused (in a unit of work of their own, since the refused one rolled back, and no faster
 than a token bucket per organisation allows, so that an attack cannot flood the log), and
 deletes what is older than the retention.
@@ -135,7 +136,7 @@ def as_json(recorded: RecordedEvent) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A management call that was refused, as the api layer saw it."""
+    """A management call (or a key exchange) that was refused, as the api layer saw it."""
 
     method: str
     # The status code's name and the ErrorInfo reason: never the message (it may quote input).
@@ -156,7 +157,8 @@ class Refusal:
         peer: str,
         request_id: str,
     ) -> Refusal:
-        """`caller` None: the bearer could not be identified (missing, unknown, revoked...)."""
+        """`caller` None: the bearer (or the key to exchange) could not be identified
+        (missing, unknown, revoked...)."""
         if caller is None:
             return cls(method, code, reason, Initiator(None, None, peer, request_id), None, False)
         return cls(method, code, reason, Initiator.of(caller), caller.organization, True)

@@ -35,11 +35,21 @@ class EventKind(enum.StrEnum):
     # A new signing key signs from now on (subject: its kid; the retired kid in details).
     # Every process reloads its key set when it sees one.
     SIGNING_KEY_ROTATED = "signing_key.rotated"
-    # A management call refused (bad bearer, missing scope, no standing...): audit only.
+    # A management call or a key exchange refused (bad bearer or key, missing scope, no
+    # standing...): audit only.
     CALL_REFUSED = "call.refused"
+    # An API key exchanged for a signed access token (subject and token_id: the access token's
+    # jti; the initiator: the key and its principal; details: key_id, scopes, audience,
+    # expires_at, refresh_until). Audit only, see TOKEN_KINDS. A refresh is not recorded: it
+    # must stay free of database writes (the parent key's state comes from the Validate cache).
+    ACCESS_TOKEN_ISSUED = "access_token.issued"
 
 
-# The kinds that change what Validate must answer for a token (its cache entry).
+# The kinds that change what Validate must answer for a token (its cache entry), and the
+# kinds WatchEvents streams. Not ACCESS_TOKEN_ISSUED: an access token is no stored token (no row
+# a gateway could GetToken, no cache entry to invalidate: Validate reads its claims and its
+# parent key's entry), it dies with its parent (whose token.revoked and token.expired are here)
+# or at its own `exp`, and one is minted per exchange, a volume a gateway has no use for.
 TOKEN_KINDS = frozenset(
     {
         EventKind.TOKEN_ISSUED,

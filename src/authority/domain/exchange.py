@@ -14,6 +14,11 @@ are refused at once although their signatures still verify.
 The claims (RFC 9068): iss, sub (the key's subject, or `key:<key id>` for an organisation key),
 aud (asked for, else the issuer), exp, iat, jti (the access token's public id), client_id (the
 key's id), scope (space-separated); and ours: org, parent (the key's id), refresh_until.
+
+Each exchange is in the audit trail (`access_token.issued`: which key, which jti, scopes,
+audience, expiry; never the key or the token), written before the token is signed; a refused
+one is recorded by the api layer like a refused management call. A refresh is not recorded: it
+writes nothing, so that it needs no database while the parent key is cached.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from typing import Any, Protocol
 import jwt
 
 from authority.domain import policy
+from authority.domain.access import caller_from_entry
 from authority.domain.audit import RefusalLimiter
 from authority.domain.clock import Clock
 from authority.domain.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from authority.domain.errors import Reason as ErrorReason
+from authority.domain.events import Event, EventKind, Initiator
 from authority.domain.models import check_text
+from authority.domain.policy import Caller
 from authority.domain.scopes import PermissionMatcher, parse_scopes
 from authority.domain.signing import ACCESS_TOKEN_TYPE, KeyRing, SignatureRefused
 from authority.domain.token_format import is_token_id, new_token_id, parse_token
@@ -41,6 +49,10 @@ DEFAULT_ISSUER = "token-authority"
 # Longer values are not access tokens of ours (they are refused unread, as MALFORMED).
 MAX_ACCESS_TOKEN_LENGTH = 4096
 MAX_AUDIENCE = 200
+MIN_TTL = timedelta(seconds=1)
+# The times a claim may carry (seconds since the epoch): up to 9999-12-31T23:59:59Z, as far as
+# a datetime (and a protobuf Timestamp) goes.
+MAX_CLAIMED_TIME = 253402300799
 # Failed exchanges: per key id (any failure of a well-formed key), and per peer address
 # (malformed or unknown keys), a burst and a sustained rate per second.
 KEY_FAILURE_BURST = 10
@@ -61,6 +73,7 @@ _REQUIRED = {
     "parent": str,
     "refresh_until": int,
 }
+_TIMES = ("iat", "exp", "refresh_until")
 _REFUSED = {
     "malformed": Reason.MALFORMED,
     "algorithm": Reason.MALFORMED,
@@ -130,6 +143,10 @@ class AccessClaims:
         parent = claims["parent"]
         if not is_token_id(parent) or claims["client_id"] != parent:
             return None
+        # Only our own key signs these, never with such times; but a datetime or a timedelta
+        # built from one would overflow, and a fault must not be one check away.
+        if not all(0 <= claims[name] <= MAX_CLAIMED_TIME for name in _TIMES):
+            return None
         if not is_token_id(claims["jti"]) or claims["exp"] <= claims["iat"]:
             return None
         return cls(
@@ -190,8 +207,9 @@ def exchange_claims(
     if scopes:
         granted = parse_scopes(scopes, None)
         policy.may_exchange(key.matcher, granted)
-    if ttl is not None and ttl <= timedelta(0):
-        raise InvalidArgument("ttl", "must be positive (or unset: the maximum)")
+    if ttl is not None and ttl < MIN_TTL:
+        # Claims count whole seconds: a shorter ttl would make a token dead on arrival.
+        raise InvalidArgument("ttl", "must be at least one second (or unset: the maximum)")
     lifetime = limits.max_ttl if ttl is None else min(ttl, limits.max_ttl)
     audience = check_text("audience", audience.strip(), MAX_AUDIENCE) or limits.issuer
     issued_at = math.floor(now.timestamp())
@@ -288,6 +306,40 @@ class IssuedAccessToken:
     claims: AccessClaims
 
 
+def issued_event(claims: AccessClaims, initiator: Initiator, at: datetime) -> Event:
+    """ACCESS_TOKEN_ISSUED: who exchanged which key (the initiator, and `key_id`) for which
+    access token (subject and token_id: its jti), with what scopes, audience and expiry.
+    Never the key or the token."""
+    return Event(
+        EventKind.ACCESS_TOKEN_ISSUED,
+        at,
+        initiator,
+        claims.organization or None,
+        claims.token_id,
+        claims.token_id,
+        details={
+            "key_id": claims.parent,
+            "scopes": " ".join(claims.scopes),
+            "audience": claims.audience,
+            "expires_at": datetime.fromtimestamp(claims.expires_at, UTC).isoformat(),
+            "refresh_until": datetime.fromtimestamp(claims.refresh_until, UTC).isoformat(),
+        },
+    )
+
+
+# Writes one event in a unit of work of its own (the api layer's way to the store).
+Recorder = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The live API key an exchange is asked with: its entry (what it may grant) and the
+    caller it makes (who exchanged, in the audit trail, for the exchange or its refusal)."""
+
+    entry: ValidationEntry
+    caller: Caller
+
+
 class KeyStates(Protocol):
     """The Validate cache, as the exchange uses it: a key value's verdict, and a key's entry
     by id (both from the cache when it holds them)."""
@@ -365,15 +417,9 @@ class AccessTokens:
         self._limits = limits
         self._limiter = limiter
 
-    async def exchange(
-        self,
-        key: str,
-        scopes: Sequence[str],
-        ttl: timedelta | None,
-        audience: str,
-        peer: str,
-    ) -> IssuedAccessToken:
-        """An access token for a live API key (never for another access token)."""
+    async def present(self, key: str, peer: str, request_id: str = "") -> KeyHolder:
+        """The live API key `key` (never an access token); else Unauthenticated saying why,
+        the failure counted (ResourceExhausted once over the limits)."""
         parsed = parse_token(key)
         if parsed is None:
             self._limiter.failed(None, peer)
@@ -385,11 +431,29 @@ class AccessTokens:
             self._limiter.failed(parsed.token_id, peer if verdict.entry is None else None)
             message, reason = _KEY_REFUSALS.get(verdict.reason, _KEY_REFUSALS[Reason.UNKNOWN])
             raise Unauthenticated(message, reason)
-        claims = exchange_claims(verdict.entry, scopes, ttl, audience, self._clock(), self._limits)
+        return KeyHolder(verdict.entry, caller_from_entry(verdict.entry, peer, request_id))
+
+    async def exchange(
+        self,
+        holder: KeyHolder,
+        scopes: Sequence[str],
+        ttl: timedelta | None,
+        audience: str,
+        record: Recorder,
+    ) -> IssuedAccessToken:
+        """An access token for the holder's key, recorded (`record`) before it is signed: no
+        access token leaves unrecorded, and a store that cannot record refuses the exchange."""
+        now = self._clock()
+        claims = exchange_claims(holder.entry, scopes, ttl, audience, now, self._limits)
+        await record(issued_event(claims, Initiator.of(holder.caller), now))
         return IssuedAccessToken(self._ring().sign(claims.as_dict()), claims)
 
     async def refresh(self, value: str) -> IssuedAccessToken:
-        """The same claims, a new jti and expiry; no store read when the parent is cached."""
+        """The same claims, a new jti and expiry; no store read when the parent is cached.
+
+        Not recorded in the audit trail, by design: a refresh writes nothing (the exchange
+        that began the chain is recorded, and every refreshed token keeps its parent, scopes,
+        audience and refresh_until)."""
         now = self._clock()
         claims = read_access_token(self._ring(), value, now, self._limits.issuer)
         if isinstance(claims, Reason):
