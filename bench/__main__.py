@@ -126,6 +126,8 @@ def _server(database: Database, cache_entries: int) -> Iterator[tuple[str, psuti
         # Longer than a run: the cache-hit rows measure hits only. A re-read costs what one
         # "cache off" Validate costs, once per token per staleness period (30 s by default).
         AUTHORITY_CACHE_MAX_STALENESS_SECONDS="3600",
+        # Longer than a run: the access tokens the access-token rows present stay alive.
+        AUTHORITY_ACCESS_TOKEN_MAX_TTL_SECONDS="3600",
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "authority", "serve", "--listen", f"127.0.0.1:{port}"], env=env
@@ -306,6 +308,55 @@ def _validate_payloads(tokens: Sequence[str]) -> list[bytes]:
     ]
 
 
+def _exchange(target: str, keys: Sequence[str]) -> list[str]:
+    """One access token per key, exchanged before the measurements. Every key must exchange:
+    failed exchanges are rate-limited, so a bad key would spoil the ExchangeKey row."""
+    with grpc.insecure_channel(target) as channel:
+        stub = token_authority_pb2_grpc.TokenAuthorityStub(channel)
+        pending = [stub.ExchangeKey.future(pb.ExchangeKeyRequest(key=key)) for key in keys]
+        try:
+            return [call.result().access_token for call in pending]
+        except grpc.RpcError as error:
+            raise SystemExit(f"a bench key did not exchange: {error}") from None
+
+
+@dataclass
+class Offline:
+    """Offline verification in one process (bench/offline.py), verifications/s and CPU share:
+    with the verifier's default cache (1,024 tokens: the LIVE_TOKENS presented all fit, so each
+    signature is checked once), and with none (a signature check per verification)."""
+
+    tokens: int
+    cached: tuple[float, float]
+    uncached: tuple[float, float]
+
+
+def _offline(
+    target: str, access_tokens: list[str], args: argparse.Namespace, cache_size: int | None
+) -> tuple[float, float]:
+    """(median verifications/s over `rounds` windows of half a measurement, CPU share)."""
+    spec = {
+        "target": target,
+        "tokens": access_tokens,
+        "permission": "download",
+        "cache_size": cache_size,
+        "warmup": args.warmup,
+        "windows": args.rounds,
+        "seconds": args.duration / 2,
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.offline"],
+        input=json.dumps(spec),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit("the offline verification run failed")
+    report = json.loads(completed.stdout)
+    return statistics.median(report["rates"]), report["cpu"]
+
+
 def _ping(tokens: Sequence[str], label: str) -> Scenario:
     # Ping carries as many bytes as a Validate request.
     payloads = [pb.PingRequest(payload=token + "download").SerializeToString() for token in tokens]
@@ -391,6 +442,59 @@ def run_size(size: int, args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def run_access_tokens(size: int, args: argparse.Namespace) -> tuple[list[Result], Offline]:
+    """ExchangeKey, RefreshToken and Validate of an access token, against a Ping as large as
+    the access-token requests; then offline verification. They run at one size only: their
+    cost does not depend on how many tokens are stored (the key comes from the Validate
+    cache, and the exchange's audit event is an append)."""
+    sqlite = _prepared("sqlite", size)
+    with _server(sqlite, 100_000) as (target, server):
+        access_tokens = _exchange(target, sqlite.tokens)
+        _warm(target, access_tokens)
+        results = _compare(
+            target,
+            server,
+            _ping(access_tokens, ", access-token-sized"),
+            [
+                Scenario(
+                    "ExchangeKey",
+                    "sqlite",
+                    "calls",
+                    1,
+                    f"{SERVICE}/ExchangeKey",
+                    [pb.ExchangeKeyRequest(key=key).SerializeToString() for key in sqlite.tokens],
+                ),
+                Scenario(
+                    "RefreshToken",
+                    "sqlite",
+                    "calls",
+                    1,
+                    f"{SERVICE}/RefreshToken",
+                    [
+                        pb.RefreshTokenRequest(access_token=token).SerializeToString()
+                        for token in access_tokens
+                    ],
+                ),
+                Scenario(
+                    "Validate, access token (cache hit)",
+                    "sqlite",
+                    "calls",
+                    1,
+                    f"{SERVICE}/Validate",
+                    _validate_payloads(access_tokens),
+                ),
+            ],
+            size,
+            args,
+        )
+        offline = Offline(
+            len(access_tokens),
+            cached=_offline(target, access_tokens, args, None),
+            uncached=_offline(target, access_tokens, args, 0),
+        )
+    return results, offline
+
+
 def measure_rss(entries: int) -> tuple[float, float, float]:
     """Server RSS (MB) before and after caching `entries` tokens, and MB per 100k entries."""
     database = _prepared("sqlite", entries, live=entries)
@@ -455,6 +559,16 @@ def _targets(results: list[Result], rss_mb: float) -> str:
             add(f"Stream msgs/s / unary Validate >= 2 ({size:,})", stream.rate / hit.rate, 2)
         if off:
             add(f"cache-off Validate (SQLite) / Ping >= 0.40 ({size:,})", off.ratio, 0.40)
+        refresh = find("RefreshToken", "sqlite", size)
+        signed_hit = find("Validate, access token (cache hit)", "sqlite", size)
+        if refresh:
+            add(f"RefreshToken / Ping >= 0.80 ({size:,})", refresh.ratio, 0.80)
+        if signed_hit:
+            add(
+                f"cache-hit Validate of an access token / Ping >= 0.80 ({size:,})",
+                signed_hit.ratio,
+                0.80,
+            )
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         for r in results:
@@ -471,6 +585,22 @@ def _targets(results: list[Result], rss_mb: float) -> str:
                 )
     add("server RSS with 100,000 cached entries < 300 MB", rss_mb, 300, unit=" MB", below=True)
     return "\n".join(lines)
+
+
+def _offline_line(results: list[Result], offline: Offline | None) -> str:
+    """Offline verification as a multiple of the unary Validate of the same tokens."""
+    hit = next((r for r in results if r.scenario == "Validate, access token (cache hit)"), None)
+    if offline is None or hit is None:
+        return ""
+    (cached, cached_cpu), (uncached, uncached_cpu) = offline.cached, offline.uncached
+    return (
+        f"Offline verification (authority.client.OfflineVerifier, one process, "
+        f"{offline.tokens:,} access tokens in turn), against the unary Validate of the same "
+        f"tokens (cache hit, {hit.rate:,.0f} calls/s) in the same run: {cached:,.0f} "
+        f"verifications/s at {cached_cpu:.0%} CPU with the verifier's default cache "
+        f"({cached / hit.rate:.1f}x), {uncached:,.0f}/s at {uncached_cpu:.0%} CPU with "
+        f"cache_size=0, a signature check each ({uncached / hit.rate:.1f}x).\n\n"
+    )
 
 
 def main() -> None:
@@ -506,9 +636,14 @@ def main() -> None:
         flush=True,
     )
     results: list[Result] = []
+    offline: Offline | None = None
     for size in (int(item) for item in args.sizes.split(",")):
         print(f"- {size:,} stored tokens", flush=True)
         results.extend(run_size(size, args))
+        if offline is None:
+            print(f"- access tokens ({size:,} stored tokens)", flush=True)
+            access_results, offline = run_access_tokens(size, args)
+            results.extend(access_results)
     table = _table(results)
     before, after, per_100k = measure_rss(args.rss_entries)
     targets = _targets(results, before + per_100k)
@@ -524,7 +659,11 @@ def main() -> None:
     )
     command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
     when = time.strftime("%Y-%m-%d")
-    report = f"{table}\n\n{rss}\n\n{targets}\n\n{several}Produced by `{command}` on {when}.\n"
+    offline_line = _offline_line(results, offline)
+    report = (
+        f"{table}\n\n{rss}\n\n{offline_line}{targets}\n\n{several}"
+        f"Produced by `{command}` on {when}.\n"
+    )
     print()
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
