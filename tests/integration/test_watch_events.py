@@ -137,6 +137,41 @@ def test_history_then_live_events_in_commit_order(
     assert kinds_and_ids(resumed) == kinds_and_ids(history[2:] + live)
 
 
+def test_asked_for_a_caught_up_mark_the_stream_sends_one_after_the_history_and_none_otherwise(
+    server: ServerHandle, admin_token: str, org: str
+) -> None:
+    admin = bearer(admin_token)
+    first, second = issue(server, admin, org), issue(server, admin, org)
+    request = pb.WatchEventsRequest(organization=org, mark_caught_up=True)
+    stream: Stream = server.tokens.WatchEvents(request, metadata=admin, timeout=DEADLINE)
+
+    history = take(stream, 3)
+    third = issue(server, admin, org)
+    live = take(stream, 1)
+
+    assert kinds_and_ids(history + live) == [
+        (ISSUED, first.token.token_id),
+        (ISSUED, second.token.token_id),
+        (pb.TOKEN_EVENT_KIND_CAUGHT_UP, ""),
+        (ISSUED, third.token.token_id),
+    ]
+    # The mark carries the position to resume from: the last event sent before it.
+    assert history[2].sequence == history[1].sequence
+    resumed = server.tokens.WatchEvents(
+        pb.WatchEventsRequest(
+            organization=org, after_sequence=live[0].sequence, mark_caught_up=True
+        ),
+        metadata=admin,
+        timeout=DEADLINE,
+    )
+    mark = next(resumed)
+    assert (mark.kind, mark.sequence) == (pb.TOKEN_EVENT_KIND_CAUGHT_UP, live[0].sequence)
+    resumed.cancel()
+    # Unasked, no mark: a consumer that knows only token events never sees one.
+    assert pb.TOKEN_EVENT_KIND_CAUGHT_UP not in [event.kind for event in drain(server, admin, org)]
+    stream.cancel()
+
+
 def test_events_committed_through_another_server_reach_the_stream(
     deployment: Deployment, cached: ServerHandle, org: str
 ) -> None:

@@ -181,11 +181,21 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     ) -> AsyncGenerator[pb.TokenEvent, None]:
         """The organisation's token events after request.after_sequence, then live."""
         events = watch.follow(
-            self.runtime, caller, authenticate, request.organization, request.after_sequence
+            self.runtime,
+            caller,
+            authenticate,
+            request.organization,
+            request.after_sequence,
+            request.mark_caught_up,
         )
         async with contextlib.aclosing(events):
             async for watched in events:
-                yield convert.token_event(watched)
+                if isinstance(watched, watch.CaughtUp):
+                    yield pb.TokenEvent(
+                        sequence=watched.sequence, kind=pb.TOKEN_EVENT_KIND_CAUGHT_UP
+                    )
+                else:
+                    yield convert.token_event(watched)
 
     @public(SERVICE)
     async def GetSigningKeys(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from authority.api.errors import Reauthenticate
@@ -32,15 +33,25 @@ if TYPE_CHECKING:
 RECHECK_SECONDS = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """Every event in the log up to now has been sent; `sequence` is the last one (or the
+    starting position), the place to resume from."""
+
+    sequence: int
+
+
 async def follow(
     runtime: Runtime,
     caller: Caller,
     authenticate: Reauthenticate,
     organization: str,
     after_sequence: int,
-) -> AsyncGenerator[WatchedEvent, None]:
+    mark_caught_up: bool = False,
+) -> AsyncGenerator[WatchedEvent | CaughtUp, None]:
     """The organisation's token events after `after_sequence` the caller may see, in order,
-    until the caller hangs up (or its bearer or standing goes)."""
+    until the caller hangs up (or its bearer or standing goes); with `mark_caught_up`, one
+    CaughtUp once the history is out."""
     check_watch(organization, after_sequence)
     wake = asyncio.Event()
     bearer_id = caller.token_id
@@ -69,6 +80,9 @@ async def follow(
                 last = watched.recorded.sequence
             if len(page) == MAX_PAGE:
                 continue  # more history to read at once
+            if mark_caught_up:
+                mark_caught_up = False
+                yield CaughtUp(last)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), RECHECK_SECONDS)
             caller = await authenticate()

@@ -63,10 +63,6 @@ MAX_ACCESS_TOKEN_LENGTH = 4096
 DEFAULT_ISSUER = "token-authority"
 # The service's default AUTHORITY_ACCESS_TOKEN_MAX_TTL_SECONDS.
 DEFAULT_MAX_TOKEN_LIFETIME = 900.0
-# WatchEvents does not say where its history ends: start() takes it as delivered once the
-# stream has been quiet this long after an event, or this long with none at all.
-HISTORY_SETTLE_SECONDS = 0.25
-EMPTY_HISTORY_SETTLE_SECONDS = 1.0
 # A broken stream is opened again after this, doubling up to the maximum.
 RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 2.0
@@ -320,9 +316,9 @@ class _Follower:
         self._lock = threading.Lock()
         self._call: Any = None
         self.last_sequence = 0
-        self._events = 0
-        # For `ready` and `connected` (time.monotonic()); None while no stream is open.
-        self._quiet_since: float | None = None
+        # The current stream is open / has sent its CAUGHT_UP (the history is in).
+        self._open = False
+        self._caught_up = False
         self.error: AuthorityClientError | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"authority-watch-{organization}", daemon=True
@@ -343,16 +339,12 @@ class _Follower:
 
     @property
     def connected(self) -> bool:
-        return self._quiet_since is not None
+        return self._open
 
     @property
     def ready(self) -> bool:
-        """The stream is open and has been quiet for a while: its history is in."""
-        quiet_since = self._quiet_since
-        if quiet_since is None:
-            return False
-        settle = HISTORY_SETTLE_SECONDS if self._events else EMPTY_HISTORY_SETTLE_SECONDS
-        return time.monotonic() - quiet_since >= settle
+        """The stream is open and the service said every event in its log has been sent."""
+        return self._open and self._caught_up
 
     def _run(self) -> None:
         delay = RECONNECT_FIRST_SECONDS
@@ -371,7 +363,7 @@ class _Follower:
                     continue
                 self.error = error
             finally:
-                self._quiet_since = None
+                self._open = self._caught_up = False
             if time.monotonic() - opened >= RECONNECT_MAX_SECONDS:
                 delay = RECONNECT_FIRST_SECONDS  # it had been working: try again soon
             self._stopped.wait(delay)
@@ -379,19 +371,20 @@ class _Follower:
 
     def _follow(self) -> None:
         request = pb.WatchEventsRequest(
-            organization=self.organization, after_sequence=self.last_sequence
+            organization=self.organization, after_sequence=self.last_sequence, mark_caught_up=True
         )
         with self._lock:
             if self._stopped.is_set():
                 return
             self._call = self._stub.WatchEvents(request, metadata=self._metadata)
-        self._quiet_since = time.monotonic()
+        self._open = True
         for event in self._call:
+            self.error = None
+            if event.kind == pb.TOKEN_EVENT_KIND_CAUGHT_UP:
+                self._caught_up = True
+                continue
             self._dead.record(event, self._clock())
             self.last_sequence = event.sequence
-            self.error = None
-            self._events += 1
-            self._quiet_since = time.monotonic()
 
 
 class OfflineVerifier:
@@ -508,7 +501,7 @@ class OfflineVerifier:
             self._channel.close()
 
     def _wait_ready(self) -> None:
-        """Until every stream has settled; raise a refusal at once, an outage at the end."""
+        """Until every stream has caught up; raise a refusal at once, an outage at the end."""
         deadline = time.monotonic() + self._ready_timeout
         while waiting := [follower for follower in self._followers if not follower.ready]:
             errors = [follower.error for follower in waiting if follower.error is not None]
