@@ -539,6 +539,27 @@ def test_an_exchange_is_recorded_with_the_key_the_jti_scopes_audience_and_expiry
     assert issued.access_token.split(".")[2] not in text and not TOKEN_RE.search(text)
 
 
+def test_an_exchange_and_a_refused_one_share_their_request_id_with_their_log_line(
+    server: ServerHandle, admin_token: str, team: Team, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls(server, caplog)
+    start = newest_sequence(server, admin_token)
+
+    issued, issued_id = calls.call(
+        "tokens", "ExchangeKey", pb.ExchangeKeyRequest(key=team.key.secret), ()
+    )
+    widened = pb.ExchangeKeyRequest(key=team.key.secret, scopes=["not.a.scope.of.the.key"])
+    refusal, refused_id = calls.call("tokens", "ExchangeKey", widened, ())
+
+    assert isinstance(issued, pb.ExchangeKeyResponse) and isinstance(refusal, grpc.RpcError)
+    events = audit_events(server, bearer(admin_token), after=start, organization=team.org)
+    by_request = {event.request_id: (event.action, event.object) for event in events}
+    assert by_request == {
+        issued_id: ("access_token.issued", issued.token_id),
+        refused_id: ("call.refused", EXCHANGE),
+    }
+
+
 def test_a_refused_exchange_by_a_live_key_is_recorded_in_its_organisation(
     server: ServerHandle, admin_token: str, team: Team
 ) -> None:

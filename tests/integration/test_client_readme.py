@@ -50,3 +50,26 @@ def test_the_client_quick_start_runs_as_written_and_prints_what_the_readme_shows
     for run in runs:
         assert run.returncode == 0, run.stderr
         assert run.stdout == _block("client-quickstart-output", "text")
+
+
+def test_the_backend_job_example_runs_as_written_and_prints_what_the_readme_shows(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "admin-token").write_text(deployment.admin_token + "\n")
+    script = tmp_path / "job.py"
+    script.write_text(_block("client-job", "python"))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
+    environment["AUTHORITY_LISTEN"] = deployment.server.address
+
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == _block("client-job-output", "text")

@@ -110,6 +110,8 @@ def test_the_readme_backend_job_flow_runs_as_written_twice_against_one_server(
         assert "REASON_REVOKED" in answers
         assert answers.strip().endswith("refresh refused: the key is revoked")
         assert "TOKEN_REVOKED" in run.stderr
+        # The CLI's exchange and refresh each said which token they minted, on stderr.
+        assert len(re.findall(r"^access token \w+: expires ", run.stderr, re.M)) == 2, run.stderr
 
 
 def test_the_readme_cli_block_runs_as_written_from_a_fresh_shell_twice(

@@ -325,6 +325,36 @@ def streaming(
     return wrap
 
 
+def keyed(
+    service: ServiceDescriptor,
+) -> Callable[
+    [Callable[[Any, Request, Context, str], Awaitable[R]]],
+    Callable[[Any, Request, Context], Awaitable[R]],
+]:
+    """For a call whose credential is in the request (ExchangeKey): no bearer, but a request id
+    that its audit event and its one INFO log line share (such calls are few, and recorded)."""
+
+    def wrap(
+        handler: Callable[[Any, Request, Context, str], Awaitable[R]],
+    ) -> Callable[[Any, Request, Context], Awaitable[R]]:
+        method = permission_of(service, handler.__name__)
+
+        @functools.wraps(handler)
+        async def call(servicer: Any, request: Request, context: Context) -> R:
+            started = time.perf_counter()
+            request_id = new_request_id()
+            try:
+                result = await handler(servicer, request, context, request_id)
+            except Exception as error:
+                await fail(context, method, error, started, request_id=request_id)
+            log_call(method, "OK", started, "", logging.INFO, request_id=request_id)
+            return result
+
+        return call
+
+    return wrap
+
+
 def public(
     service: ServiceDescriptor,
 ) -> Callable[

@@ -13,9 +13,9 @@ from authority.api.errors import (
     Context,
     Reauthenticate,
     fail,
+    keyed,
     log_call,
     management,
-    new_request_id,
     permission_of,
     public,
     refusal_of,
@@ -207,15 +207,15 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
             keys=[pb.JsonWebKey(**key.as_dict()) for key in keys], jwks_json=jwks_json(keys)
         )
 
-    @public(SERVICE)
+    @keyed(SERVICE)
     async def ExchangeKey(
-        self, request: pb.ExchangeKeyRequest, context: Context
+        self, request: pb.ExchangeKeyRequest, context: Context, request_id: str
     ) -> pb.ExchangeKeyResponse:
         """The key is the credential (no bearer); answered from the Validate cache. The
         exchange is put in the audit trail before it is answered; a refusal like a refused
         management call's (by the key once it is known, within its organisation's allowance)."""
         runtime = self.runtime
-        peer, request_id = context.peer(), new_request_id()
+        peer = context.peer()
         holder: KeyHolder | None = None
         try:
             ttl = (
