@@ -41,7 +41,9 @@ from authority.client import (
 )
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
-from tests.harness import ManualClock, ServerHandle, bootstrap_admin, new_database, serve, unique
+from tests.harness import ManualClock, ServerHandle, serve
+from tests.integration import own_server
+from tests.integration.own_server import Counting, wall
 
 MAX_TTL = 900
 WINDOW = 86400
@@ -49,65 +51,13 @@ WINDOW = 86400
 SERVICE = "authority.v1.TokenAuthority"
 
 
-@pytest.fixture(scope="module")
-def jobs_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database of this module's own: its clock jumps a day, and no other module's server
-    should see the events of that."""
-    with new_database("sqlite", tmp_path_factory.mktemp("client-exchange")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin_token(jobs_database: str) -> str:
-    return bootstrap_admin(jobs_database)
-
-
-@pytest.fixture(scope="module")
-def server(jobs_database: str) -> Iterator[ServerHandle]:
-    """This module's server (the conftest's `clock` and `org` fixtures use it)."""
-    with serve(jobs_database) as own:
-        yield own
-
-
-@pytest.fixture
-def admin(server: ServerHandle, admin_token: str) -> Iterator[TokenAuthorityClient]:
-    with TokenAuthorityClient(server.address, token=admin_token) as client:
-        yield client
-
-
-@pytest.fixture
-def key(admin: TokenAuthorityClient, org: str) -> IssuedToken:
-    """An organisation key of `org` (download and reports.*), never expiring."""
-    return admin.issue_token(org, unique("job"), scopes=["download", "reports.*"])
-
-
-def wall(clock: ManualClock) -> Callable[[], float]:
-    """The server's ManualClock as the seconds the client's `clock=` expects."""
-    return lambda: clock().timestamp()
-
-
-class Counting(grpc.UnaryUnaryClientInterceptor):
-    """Counts the unary calls made through a channel, by method name."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        with self._lock:
-            self.calls[client_call_details.method.rsplit("/", 1)[-1]] += 1
-        return continuation(client_call_details, request)
-
-
-@pytest.fixture
-def counted(server: ServerHandle) -> Iterator[tuple[grpc.Channel, Counting]]:
-    """A channel to the authority that counts the calls made through it."""
-    counting = Counting()
-    channel = grpc.insecure_channel(server.address)
-    yield grpc.intercept_channel(channel, counting), counting
-    channel.close()
+# The module's own database and server, and the fixtures around them (used by name).
+own_database, admin_token, server = (
+    own_server.own_database,
+    own_server.admin_token,
+    own_server.server,
+)
+admin, key, counted = own_server.admin, own_server.key, own_server.counted
 
 
 @dataclass
@@ -401,9 +351,9 @@ def test_concurrent_callers_wait_for_one_exchange_and_one_refresh(
 
 
 def test_during_an_outage_the_live_token_is_used_until_it_expires(
-    jobs_database: str, key: IssuedToken
+    own_database: str, key: IssuedToken
 ) -> None:
-    with serve(jobs_database) as replica:
+    with serve(own_database) as replica:
         credentials = KeyExchangeCredentials(
             replica.address, key.secret, timeout=2.0, clock=wall(replica.clock)
         )

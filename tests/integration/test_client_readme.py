@@ -24,30 +24,35 @@ def _block(marker: str, language: str) -> str:
     return block.group(1)
 
 
-def test_the_client_quick_start_runs_as_written_and_prints_what_the_readme_shows(
-    deployment: Deployment, tmp_path: Path
-) -> None:
-    # Where the README runs it: a checkout after `make run`, var/admin-token beside it.
-    (tmp_path / "var").mkdir()
-    (tmp_path / "var" / "admin-token").write_text(deployment.admin_token + "\n")
-    script = tmp_path / "quickstart.py"
-    script.write_text(_block("client-quickstart", "python"))
+def _run_as_written(
+    marker: str, deployment: Deployment, directory: Path, times: int
+) -> list[subprocess.CompletedProcess[str]]:
+    """The marked block as a script, run `times` times where the README runs it: a checkout
+    after `make run`, var/admin-token beside it."""
+    (directory / "var").mkdir()
+    (directory / "var" / "admin-token").write_text(deployment.admin_token + "\n")
+    script = directory / f"{marker}.py"
+    script.write_text(_block(marker, "python"))
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
     environment["AUTHORITY_LISTEN"] = deployment.server.address
-
-    runs = [
+    return [
         subprocess.run(
             [sys.executable, str(script)],
-            cwd=tmp_path,
+            cwd=directory,
             env=environment,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        for _ in range(2)  # it makes an organisation of its own: a second run works too
+        for _ in range(times)
     ]
 
-    for run in runs:
+
+def test_the_client_quick_start_runs_as_written_and_prints_what_the_readme_shows(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # It makes an organisation of its own: a second run works too.
+    for run in _run_as_written("client-quickstart", deployment, tmp_path, times=2):
         assert run.returncode == 0, run.stderr
         assert run.stdout == _block("client-quickstart-output", "text")
 
@@ -55,21 +60,7 @@ def test_the_client_quick_start_runs_as_written_and_prints_what_the_readme_shows
 def test_the_backend_job_example_runs_as_written_and_prints_what_the_readme_shows(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    (tmp_path / "var").mkdir()
-    (tmp_path / "var" / "admin-token").write_text(deployment.admin_token + "\n")
-    script = tmp_path / "job.py"
-    script.write_text(_block("client-job", "python"))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
-    environment["AUTHORITY_LISTEN"] = deployment.server.address
-
-    run = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    [run] = _run_as_written("client-job", deployment, tmp_path, times=1)
 
     assert run.returncode == 0, run.stderr
     assert run.stdout == _block("client-job-output", "text")

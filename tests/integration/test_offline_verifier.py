@@ -14,7 +14,6 @@ import base64
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -39,71 +38,24 @@ from tests.harness import (
     ManualClock,
     ServerHandle,
     bearer,
-    bootstrap_admin,
-    new_database,
     serve,
     unique,
 )
+from tests.integration import own_server
+from tests.integration.own_server import Counting, wall
 
 MAX_TTL = 900
 # What the verifier promises: a revoked key's tokens refused within this.
 REVOCATION_DELAY = 1.0
 
 
-@pytest.fixture(scope="module")
-def verifier_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database of this module's own: it rotates the signing key and restarts servers."""
-    with new_database("sqlite", tmp_path_factory.mktemp("offline-verifier")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin_token(verifier_database: str) -> str:
-    return bootstrap_admin(verifier_database)
-
-
-@pytest.fixture(scope="module")
-def server(verifier_database: str) -> Iterator[ServerHandle]:
-    """This module's server (the conftest's `clock` and `org` fixtures use it)."""
-    with serve(verifier_database) as own:
-        yield own
-
-
-@pytest.fixture
-def admin(server: ServerHandle, admin_token: str) -> Iterator[TokenAuthorityClient]:
-    with TokenAuthorityClient(server.address, token=admin_token) as client:
-        yield client
-
-
-@pytest.fixture
-def key(admin: TokenAuthorityClient, org: str) -> IssuedToken:
-    """An organisation key of `org` (download and reports.*), never expiring."""
-    return admin.issue_token(org, unique("job"), scopes=["download", "reports.*"])
-
-
-def wall(clock: ManualClock) -> Callable[[], float]:
-    return lambda: clock().timestamp()
-
-
-class CountingFetches(grpc.UnaryUnaryClientInterceptor):
-    """Counts the GetSigningKeys calls that reach the wire."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        self.calls[client_call_details.method.rsplit("/", 1)[-1]] += 1
-        return continuation(client_call_details, request)
-
-
-@pytest.fixture
-def counted(server: ServerHandle) -> Iterator[tuple[grpc.Channel, CountingFetches]]:
-    counting = CountingFetches()
-    channel = grpc.insecure_channel(server.address)
-    yield grpc.intercept_channel(channel, counting), counting
-    channel.close()
+# The module's own database and server, and the fixtures around them (used by name).
+own_database, admin_token, server = (
+    own_server.own_database,
+    own_server.admin_token,
+    own_server.server,
+)
+admin, key, counted = own_server.admin, own_server.key, own_server.counted
 
 
 @pytest.fixture
@@ -295,7 +247,7 @@ def test_after_a_rotation_one_fetch_verifies_tokens_of_the_old_and_the_new_key(
     admin: TokenAuthorityClient,
     admin_token: str,
     key: IssuedToken,
-    counted: tuple[grpc.Channel, CountingFetches],
+    counted: tuple[grpc.Channel, Counting],
 ) -> None:
     channel, counting = counted
     with OfflineVerifier(channel=channel, clock=wall(clock)) as verifier:
@@ -322,7 +274,7 @@ def test_forged_key_ids_cost_at_most_one_fetch_per_interval(
     clock: ManualClock,
     admin: TokenAuthorityClient,
     key: IssuedToken,
-    counted: tuple[grpc.Channel, CountingFetches],
+    counted: tuple[grpc.Channel, Counting],
 ) -> None:
     channel, counting = counted
     header, payload, signature = parts(admin.exchange_key(key.secret).access_token)
@@ -411,13 +363,13 @@ def test_a_revoked_key_is_forgotten_once_every_token_it_could_have_parented_has_
 
 
 def test_the_watch_resumes_after_the_server_restarts_and_sees_what_happened_meanwhile(
-    verifier_database: str,
+    own_database: str,
     admin: TokenAuthorityClient,
     admin_token: str,
     key: IssuedToken,
     org: str,
 ) -> None:
-    with serve(verifier_database) as first:
+    with serve(own_database) as first:
         port, clock = first.port, first.clock
         verifier = OfflineVerifier(
             first.address, watch_organizations=[org], watch_token=admin_token, clock=wall(clock)
@@ -432,7 +384,7 @@ def test_the_watch_resumes_after_the_server_restarts_and_sees_what_happened_mean
         admin.revoke_token(key.token.token_id)
         assert verifier.verify(token).valid
 
-        with serve(verifier_database, listen=f"127.0.0.1:{port}"):
+        with serve(own_database, listen=f"127.0.0.1:{port}"):
             answer, _ = refused_within(verifier, token, seconds=10)
             assert answer.reason is Reason.REVOKED
             assert verifier.watching
