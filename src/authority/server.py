@@ -28,10 +28,10 @@ from authority.domain.audit import AuditService, RefusalLimiter
 from authority.domain.clock import Clock, system_clock
 from authority.domain.events import EventKind, RecordedEvent
 from authority.domain.exchange import (
+    AccessTokenReader,
     AccessTokens,
     ExchangeLimits,
     FailureLimiter,
-    read_access_token,
 )
 from authority.domain.installation import Installation, PepperMismatch
 from authority.domain.lifecycle import ExpiryAnnouncer
@@ -122,8 +122,9 @@ def build_application(
             access_token_entries=settings.access_token_cache_entries,
         ),
         monotonic,
-        # The ring in use when each token is first verified (replaced whole on rotation).
-        lambda value, now: read_access_token(signing.ring, value, now, limits.issuer),
+        # The ring in use (replaced whole on rotation): to verify a token the first time, and
+        # at each use of a held one to ask whether its key is still published.
+        AccessTokenReader(lambda: signing.ring, limits.issuer),
     )
     feed = ChangeFeed(
         store,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from authority.domain.signing import KeyRing, VerifiedJws
 from authority.domain.token_format import new_token
 from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
@@ -377,6 +379,47 @@ def test_refresh_reads_no_store_when_the_parent_is_cached(
     assert after.store_reads == before.store_reads
 
 
+@pytest.fixture
+def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token whose signature a server of this process checks from now on (a spy on
+    KeyRing.verify: the check still runs)."""
+    checked: list[str] = []
+    verify = KeyRing.verify
+
+    def spy(ring: KeyRing, token: str, now: datetime) -> VerifiedJws:
+        checked.append(token)
+        return verify(ring, token, now)
+
+    monkeypatch.setattr(KeyRing, "verify", spy)
+    return checked
+
+
+def test_a_job_refreshing_what_this_server_signed_pays_no_signature_check(
+    server: ServerHandle, key: Credential, signature_checks: list[str]
+) -> None:
+    token = exchange(server, key.secret).access_token
+    for _ in range(3):
+        assert validate(server, token, "download").valid
+        token = refresh(server, token).access_token
+
+    assert validate(server, token, "download").valid
+    assert signature_checks == []
+
+
+def test_a_token_signed_by_another_server_is_checked_once_then_refreshed_from_the_cache(
+    jobs_database: str, server: ServerHandle, key: Credential, signature_checks: list[str]
+) -> None:
+    with serve(jobs_database, expiry_sweep_seconds=0) as other:
+        token = exchange(other, key.secret).access_token
+    assert signature_checks == []
+
+    renewed = [refresh(server, token).access_token for _ in range(2)]
+
+    assert validate(server, token, "download").valid
+    assert all(validate(server, value, "download").valid for value in renewed)
+    assert signature_checks == [token]
+
+
 # -- tampering ---------------------------------------------------------------------------------
 
 
@@ -452,7 +495,7 @@ def test_tokens_of_a_retired_key_work_while_it_is_published_and_not_once_it_is_g
     org = make_org(server, fresh.admin.secret)
     key = make_org_key(server, fresh.admin.secret, org, ["download"])
     old = exchange(server, key.secret).access_token
-    unseen = exchange(server, key.secret).access_token  # first validated after the key is gone
+    unseen = exchange(server, key.secret).access_token  # first presented after the key is gone
     old_kid = jwt.get_unverified_header(old)["kid"]
 
     rotate(server, fresh.admin.secret)
@@ -465,10 +508,15 @@ def test_tokens_of_a_retired_key_work_while_it_is_published_and_not_once_it_is_g
     refreshed = refresh(server, old)
     assert jwt.get_unverified_header(refreshed.access_token)["kid"] != old_kid
 
+    assert refresh(server, refreshed.access_token).access_token  # the new key's, after rotation
+
     server.clock.advance(GONE_AFTER)
     assert old_kid not in [published.kid for published in signing_keys(server).keys]
-    assert validate(server, unseen).reason == pb.REASON_UNKNOWN
-    refresh_refused(server, unseen, "TOKEN_UNKNOWN")
+    # Held by the cache as verified (this server signed both, and `old` was validated and
+    # refreshed), yet a key that has left the published set vouches for nothing.
+    for token in (unseen, old):
+        assert validate(server, token).reason == pb.REASON_UNKNOWN
+        refresh_refused(server, token, "TOKEN_UNKNOWN")
 
 
 # -- the limit on failed exchanges --------------------------------------------------------------

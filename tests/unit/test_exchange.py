@@ -21,10 +21,12 @@ from authority.domain.errors import (
 from authority.domain.events import Event, EventKind, Initiator, Outcome
 from authority.domain.exchange import (
     AccessClaims,
+    AccessTokenReader,
     AccessTokens,
     ExchangeLimits,
     FailureLimiter,
     IssuedAccessToken,
+    SignedClaims,
     access_entry,
     exchange_claims,
     looks_like_jwt,
@@ -188,9 +190,10 @@ def test_a_signed_token_reads_back_and_every_alteration_is_refused() -> None:
     claims = exchange_claims(key(), (), None, "", NOW, LIMITS)
     token = keys.sign(claims.as_dict())
 
-    assert read_access_token(keys, token, NOW, LIMITS.issuer) == claims
+    signed = SignedClaims(keys.current_kid or "", claims)
+    assert read_access_token(keys, token, NOW, LIMITS.issuer) == signed
     # Expired tokens still read (refresh needs them); the caller checks the expiry.
-    assert read_access_token(keys, token, NOW + timedelta(hours=1), LIMITS.issuer) == claims
+    assert read_access_token(keys, token, NOW + timedelta(hours=1), LIMITS.issuer) == signed
     assert read_access_token(keys, token, NOW, "someone-else") is Verdict.UNKNOWN
     assert read_access_token(ring(), token, NOW, LIMITS.issuer) is Verdict.UNKNOWN  # other key
     unsigned = jwt.encode(claims.as_dict(), "", algorithm="none")
@@ -259,17 +262,27 @@ def test_a_peer_is_counted_by_address_not_by_port() -> None:
 
 
 class FakeKeys:
-    """The Validate cache as the exchange sees it: one live key, found by its value."""
+    """The Validate cache as the exchange sees it: one live key, found by its value; access
+    tokens read with `reader` (every time); the tokens handed over as signed, kept."""
 
-    def __init__(self, value: str, entry: ValidationEntry) -> None:
+    def __init__(self, value: str, entry: ValidationEntry, reader: AccessTokenReader) -> None:
         self.value = value
         self.entry = entry
+        self.reader = reader
+        self.held: dict[str, SignedClaims] = {}
 
     async def validate(self, value: str, permission: str) -> Answer:
         return Answer(Verdict.OK, self.entry) if value == self.value else UNKNOWN
 
     async def key_entry(self, token_id: str) -> ValidationEntry | None:
         return self.entry if token_id == self.entry.token_id else None
+
+    def access_claims(self, value: str, now: datetime) -> AccessClaims | Verdict:
+        read = self.reader.read(value, now)
+        return read if isinstance(read, Verdict) else read.claims
+
+    def signed(self, value: str, signed: SignedClaims) -> None:
+        self.held[value] = signed
 
 
 class Signer:
@@ -284,19 +297,22 @@ class Signer:
         return self.ring
 
 
+def access_tokens(
+    signer: Signer, limits: ExchangeLimits = LIMITS
+) -> tuple[str, FakeKeys, AccessTokens]:
+    """AccessTokens over a user's live key: the key's value, the fake cache, the use cases."""
+    value = new_token(KEY_ID).value
+    keys = FakeKeys(value, key(subject="ada"), AccessTokenReader(lambda: signer.ring, "t-a"))
+    access = AccessTokens(keys, signer, lambda: NOW, limits, FailureLimiter.default(lambda: 0.0))
+    return value, keys, access
+
+
 def exchange_with(
     record: Callable[[Event], Awaitable[None]], signer: Signer
 ) -> tuple[str, IssuedAccessToken | Exception]:
     """Exchange a user's key (scopes narrowed, an audience) through AccessTokens: its value,
     and the issued token or the exception raised."""
-    value = new_token(KEY_ID).value
-    access = AccessTokens(
-        FakeKeys(value, key(subject="ada")),
-        signer,
-        lambda: NOW,
-        LIMITS,
-        FailureLimiter.default(lambda: 0.0),
-    )
+    value, _, access = access_tokens(signer)
 
     async def scenario() -> IssuedAccessToken:
         holder = await access.present(value, "ipv4:10.0.0.7:5000", "0123456789abcdef")
@@ -353,3 +369,57 @@ def test_a_store_that_cannot_record_refuses_the_exchange_and_nothing_is_signed()
 
     assert isinstance(outcome, Unavailable)
     assert signer.taken == 0
+
+
+async def no_record(event: Event) -> None:
+    pass
+
+
+def test_every_token_signed_is_handed_to_the_cache_as_a_check_would_read_it() -> None:
+    signer = Signer()
+    limits = dataclasses.replace(LIMITS, issuer="t-a")
+    value, keys, access = access_tokens(signer, limits)
+
+    async def scenario() -> tuple[IssuedAccessToken, IssuedAccessToken]:
+        holder = await access.present(value, "ipv4:10.0.0.7:5000")
+        issued = await access.exchange(holder, ["download"], None, "storage", no_record)
+        return issued, await access.refresh(issued.value)
+
+    issued, refreshed = asyncio.run(scenario())
+
+    assert keys.held == {
+        token.value: read_access_token(signer.ring, token.value, NOW, "t-a")
+        for token in (issued, refreshed)
+    }
+    assert keys.held[refreshed.value].kid == signer.ring.current_kid
+
+
+def test_the_cache_is_handed_the_claims_a_check_would_read_not_those_built() -> None:
+    # A scope holding a space (no scope grammar allows one; say an old row) is two scopes
+    # once signed: the cache must hold what a signature check of the token would give.
+    signer = Signer()
+    value, keys, access = access_tokens(signer, dataclasses.replace(LIMITS, issuer="t-a"))
+    keys.entry = key(subject="ada", scopes=("download", "two words"))
+
+    async def scenario() -> IssuedAccessToken:
+        holder = await access.present(value, "ipv4:10.0.0.7:5000")
+        return await access.exchange(holder, [], None, "", no_record)
+
+    issued = asyncio.run(scenario())
+
+    held = keys.held[issued.value]
+    assert held == read_access_token(signer.ring, issued.value, NOW, "t-a")
+    assert held.claims.scopes == ("download", "two", "words") != issued.claims.scopes
+
+
+@pytest.mark.parametrize(
+    ("presented", "reason"),
+    [("a.b.c", Reason.TOKEN_MALFORMED), ("not a token", Reason.TOKEN_MALFORMED)],
+)
+def test_refresh_of_what_the_cache_refuses_says_why(presented: str, reason: Reason) -> None:
+    _, _, access = access_tokens(Signer())
+
+    with pytest.raises(Unauthenticated) as refused:
+        asyncio.run(access.refresh(presented))
+
+    assert refused.value.reason is reason

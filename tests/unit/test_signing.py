@@ -23,6 +23,7 @@ from authority.domain.signing import (
     KeyState,
     SignatureRefused,
     SigningKeyRecord,
+    VerifiedJws,
     current_of,
     jwks_json,
     new_kid,
@@ -234,7 +235,7 @@ def test_a_jwt_signed_by_the_current_key_verifies_with_the_published_set() -> No
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "EdDSA", "kid": new.kid, "typ": "at+jwt"}
     assert offline_verify(token, jwks_json(ring.published(now))) == CLAIMS
-    assert ring.verify(token, now) == CLAIMS
+    assert ring.verify(token, now) == VerifiedJws(new.kid, header, CLAIMS)
 
 
 def test_a_token_signed_before_rotation_verifies_until_its_key_is_gone() -> None:
@@ -245,11 +246,24 @@ def test_a_token_signed_before_rotation_verifies_until_its_key_is_gone() -> None
     ring = KeyRing([retired(old, T0 + timedelta(hours=1)), new], sealer, LIFETIMES)
     still = T0 + timedelta(hours=1) + GONE_AFTER - timedelta(seconds=1)
 
-    assert ring.verify(token, still) == CLAIMS
+    assert ring.verify(token, still).claims == CLAIMS
     assert offline_verify(token, jwks_json(ring.published(still))) == CLAIMS
+    assert ring.publishes(old.kid, still.timestamp())
     with pytest.raises(SignatureRefused) as refused:
         ring.verify(token, still + timedelta(seconds=1))
     assert refused.value.why == "unknown_kid"
+    assert not ring.publishes(old.kid, (still + timedelta(seconds=1)).timestamp())
+
+
+def test_a_key_is_published_exactly_while_it_is_in_the_published_set() -> None:
+    ring, old, new = rotated_ring(KeySealer(PEPPER))
+    gone = T0 + timedelta(hours=1) + GONE_AFTER
+    moments = [T0, gone - timedelta(seconds=1), gone, gone + timedelta(days=365)]
+
+    for moment in moments:
+        published = {key.kid for key in ring.published(moment)}
+        for kid in (old.kid, new.kid, new_kid()):
+            assert ring.publishes(kid, moment.timestamp()) is (kid in published), (moment, kid)
 
 
 def _forge(header: dict[str, Any], payload: dict[str, Any], signature: str = "") -> str:
@@ -272,6 +286,15 @@ def _tampered_header(token: str) -> str:
     header["typ"] = "JWT"
     _, payload, signature = token.split(".")
     return f"{b64url_encode(json.dumps(header).encode())}.{payload}.{signature}"
+
+
+def _signed_non_object(ring: KeyRing) -> str:
+    # A payload that is not a JSON object, truly signed by the current key (PyJWT's own JWS
+    # layer signs bytes as they are).
+    header = {"kid": ring.current_kid, "typ": "at+jwt"}
+    private = ring._private  # the test forges what only the key can sign
+    assert private is not None
+    return jwt.api_jws.PyJWS().encode(b"[1, 2]", private, ALGORITHM, header)
 
 
 def _hmac_with_public_key(ring: KeyRing, now: datetime, kid: str) -> str:
@@ -302,6 +325,24 @@ def _hmac_with_public_key(ring: KeyRing, now: datetime, kid: str) -> str:
             lambda ring, kid, token: _hmac_with_public_key(ring, T0 + timedelta(hours=1), kid),
             "algorithm",
         ),
+        (lambda ring, kid, token: "!" + token, "malformed"),
+        (lambda ring, kid, token: "é" + token, "malformed"),
+        (lambda ring, kid, token: "A" + token, "malformed"),
+        (lambda ring, kid, token: b64url_encode(b"[1]") + token[token.index(".") :], "malformed"),
+        (lambda ring, kid, token: b64url_encode(b"[" * 3000) + ".e30.AA", "malformed"),
+        (lambda ring, kid, token: b64url_encode(b"\xff\xfe{") + ".e30.AA", "malformed"),
+        (lambda ring, kid, token: token + ".", "malformed"),
+        (lambda ring, kid, token: token.rsplit(".", 1)[0] + ".A", "malformed"),
+        (lambda ring, kid, token: token.rsplit(".", 1)[0] + ".", "signature"),
+        (
+            lambda ring, kid, token: (
+                _forge({"alg": "EdDSA", "kid": kid}, CLAIMS) + b64url_encode(b"\0" * 64)
+            ),
+            "signature",
+        ),
+        (lambda ring, kid, token: _signed_non_object(ring), "malformed"),
+        (lambda ring, kid, token: token + "x", "malformed"),
+        (lambda ring, kid, token: token.replace(".", "x.", 1), "malformed"),
     ],
     ids=[
         "alg-none",
@@ -316,6 +357,19 @@ def _hmac_with_public_key(ring: KeyRing, now: datetime, kid: str) -> str:
         "garbage",
         "empty",
         "hs256-with-the-public-key",
+        "header-not-base64",
+        "header-not-ascii",
+        "header-base64-misaligned",
+        "header-not-an-object",
+        "header-nested-too-deeply",
+        "header-not-utf8",
+        "four-parts",
+        "signature-one-character",
+        "signature-empty",
+        "signature-zeroes",
+        "payload-not-an-object",
+        "signature-not-canonical",
+        "header-not-canonical",
     ],
 )
 def test_a_forged_or_tampered_token_is_refused(forge: Any, why: str | None) -> None:

@@ -98,6 +98,24 @@ def test_the_secret_carries_256_random_bits() -> None:
     assert max(number.bit_length() for number in numbers) > 248
 
 
+def test_every_id_character_stands_for_exactly_four_byte_values_and_the_rest_are_dropped() -> None:
+    # No modulo bias: 248 of the 256 byte values map, 4 to each of the 62 characters.
+    mapped = token_format.base62_from_bytes(bytes(range(256)))
+
+    assert len(mapped) == 248
+    assert {mapped.count(character) for character in ALPHABET} == {4}
+    assert token_format.base62_from_bytes(bytes([62, 63, 126, 127, 190, 191, 254, 255])) == ""
+
+
+def test_a_new_token_id_is_16_base62_characters_and_ids_vary_in_every_position() -> None:
+    ids = [token_format.new_token_id() for _ in range(2000)]
+
+    assert all(is_token_id(token_id) for token_id in ids)
+    assert len(set(ids)) == len(ids)
+    # 2000 draws of one position using at most 40 of the 62 characters: under 10**-360.
+    assert all(len({token_id[i] for token_id in ids}) > 40 for i in range(16))
+
+
 def test_is_token_id_accepts_only_16_alphanumerics() -> None:
     assert is_token_id(new_token().token_id)
     assert not is_token_id("")

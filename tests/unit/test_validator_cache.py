@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
 
 from authority.cache.validator import CacheConfig, Validator
-from authority.domain.exchange import AccessClaims
+from authority.domain.exchange import AccessClaims, SignedClaims
 from authority.domain.models import TokenRecord
 from authority.domain.token_format import ParsedToken, SecretHasher, new_token
 from authority.domain.validation import Reason, ValidationEntry
@@ -458,16 +458,27 @@ def test_validate_now_answers_hits_and_known_absent_ids_and_defers_the_rest() ->
 # -- signed access tokens ---------------------------------------------------------------------
 
 
+KID = "kid-1"
+
+
 class FakeSigned:
-    """A signed-token reader: claims by whole value, counting every verification."""
+    """A signed-token reader: claims by whole value (all signed by KID), counting every
+    verification; the keys published, as a set the test changes."""
 
     def __init__(self) -> None:
-        self.claims: dict[str, Any] = {}
+        self.claims: dict[str, AccessClaims] = {}
         self.reads: list[str] = []
+        self.published = {KID}
 
-    def __call__(self, value: str, now: Any) -> Any:
+    def read(self, value: str, now: datetime) -> SignedClaims | Reason:
         self.reads.append(value)
-        return self.claims.get(value, Reason.UNKNOWN)
+        claims = self.claims.get(value)
+        if claims is None or KID not in self.published:
+            return Reason.UNKNOWN
+        return SignedClaims(KID, claims)
+
+    def publishes(self, kid: str, now_ts: float) -> bool:
+        return kid in self.published
 
 
 def signed_setup(**config: Any) -> tuple[Setup, FakeSigned, ParsedToken, str]:
@@ -576,3 +587,69 @@ def test_access_token_entries_zero_verifies_every_time_and_keeps_the_key_cached(
 
     assert reader.reads == [value] * 3
     assert setup.store.loads == [parent.token_id]
+
+
+def test_a_token_this_process_signed_is_answered_without_a_signature_check() -> None:
+    setup, reader, _, _ = signed_setup()
+    value = more_access_tokens(reader, 1)[0]
+
+    setup.validator.signed(value, SignedClaims(KID, reader.claims[value]))
+
+    assert validate(setup, value) is Reason.OK
+    assert setup.validator.access_claims(value, setup.clock()) == reader.claims[value]
+    assert reader.reads == []
+
+
+def test_refresh_reads_an_access_tokens_claims_once_like_validate() -> None:
+    setup, reader, _, value = signed_setup()
+    claims = reader.claims[value]
+
+    answers = [setup.validator.access_claims(value, setup.clock()) for _ in range(3)]
+
+    assert answers == [claims] * 3
+    assert validate(setup, value) is Reason.OK
+    assert reader.reads == [value]
+    assert setup.validator.access_claims("aaaa.bbbb.dddd", setup.clock()) is Reason.UNKNOWN
+    assert setup.validator.access_claims("a.b", setup.clock()) is Reason.MALFORMED
+
+
+def test_a_held_token_whose_key_is_no_longer_published_is_unknown() -> None:
+    setup, reader, _, value = signed_setup()
+    minted = more_access_tokens(reader, 1)[0]
+    setup.validator.signed(minted, SignedClaims(KID, reader.claims[minted]))
+    assert validate(setup, value) is Reason.OK
+    assert validate(setup, minted) is Reason.OK
+
+    reader.published.clear()  # the key that signed both has left the published set
+
+    assert validate(setup, value) is Reason.UNKNOWN
+    assert setup.validator.access_claims(minted, setup.clock()) is Reason.UNKNOWN
+    # Dropped, not merely refused: presented again, each is checked again (and refused).
+    reader.reads.clear()
+    assert validate(setup, value) is Reason.UNKNOWN
+    assert validate(setup, minted) is Reason.UNKNOWN
+    assert reader.reads == [value, minted]
+
+
+def test_tokens_handed_over_as_signed_keep_to_the_access_token_bound() -> None:
+    setup, reader, _, _ = signed_setup(access_token_entries=2)
+    minted = more_access_tokens(reader, 3)
+    for value in minted:
+        setup.validator.signed(value, SignedClaims(KID, reader.claims[value]))
+
+    assert [validate(setup, value) for value in minted[1:]] == [Reason.OK] * 2
+    assert reader.reads == []
+    assert validate(setup, minted[0]) is Reason.OK
+    assert reader.reads == [minted[0]]  # the oldest was evicted
+
+
+def test_with_access_token_entries_zero_nothing_signed_is_held() -> None:
+    setup, reader, _, first = signed_setup(access_token_entries=0)
+    assert validate(setup, first) is Reason.OK  # the key is cached from here on
+    value = more_access_tokens(reader, 1)[0]
+    reader.reads.clear()
+
+    setup.validator.signed(value, SignedClaims(KID, reader.claims[value]))
+
+    assert validate(setup, value) is Reason.OK
+    assert reader.reads == [value]

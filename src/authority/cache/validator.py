@@ -21,6 +21,7 @@ from authority.domain.clock import Clock, system_clock
 from authority.domain.exchange import (
     MAX_ACCESS_TOKEN_LENGTH,
     AccessClaims,
+    SignedClaims,
     access_entry,
     looks_like_jwt,
 )
@@ -36,8 +37,18 @@ from authority.domain.validation import (
 )
 
 Loader = Callable[[str], Awaitable[ValidationEntry | None]]
-# Reads a signed access token at a moment (signature, then claims): its claims, or why not.
-SignedReader = Callable[[str, datetime], AccessClaims | Reason]
+
+
+class SignedReader(Protocol):
+    """Signed access tokens against the key ring in use (domain.exchange.AccessTokenReader)."""
+
+    def read(self, value: str, now: datetime) -> SignedClaims | Reason:
+        """Signature, then claims: the claims and the key that signed them, or why not."""
+        ...
+
+    def publishes(self, kid: str, now_ts: float) -> bool:
+        """Whether the key `kid` is still published (a held token's key must be, at each use)."""
+        ...
 
 
 class _Read:
@@ -48,13 +59,15 @@ _READ = _Read()
 
 
 class _Signed:
-    """A verified access token in the cache: its claims, and the entry answered from, built
-    from the parent key's entry it was last checked against (rebuilt when that changes)."""
+    """A verified access token in the cache: its claims and the key that signed them, and the
+    entry answered from, built from the parent key's entry it was last checked against
+    (rebuilt when that changes)."""
 
-    __slots__ = ("claims", "entry", "parent")
+    __slots__ = ("claims", "entry", "kid", "parent")
 
-    def __init__(self, claims: AccessClaims) -> None:
-        self.claims = claims
+    def __init__(self, signed: SignedClaims) -> None:
+        self.claims = signed.claims
+        self.kid = signed.kid
         self.entry: ValidationEntry | None = None
         self.parent: ValidationEntry | None = None
 
@@ -133,12 +146,13 @@ class Validator:
         self._absent: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[ValidationEntry | None]] = {}
         # Signed access tokens, by the WHOLE value (never by jti alone: a forged token with a
-        # known jti must not find a verified entry): verified ones, up to their own bound, and
-        # refused ones apart, for the negative TTL only (a kid unknown here may be another
-        # process's newest key). The value itself is the key, not a digest of it: Python's own
-        # str hash costs a fifth of a SHA-256 digest (about 0.16 against 0.8 microseconds for
-        # an 800-character token), on every Validate of one; the bound caps the memory
-        # (access_token_entries x 4 KB at most).
+        # known jti must not find a verified entry): verified ones and the ones this process
+        # signed (each held with its key's kid, which must still be published at every use),
+        # up to their own bound; and refused ones apart, for the negative TTL only (a kid
+        # unknown here may be another process's newest key). The value itself is the key, not
+        # a digest of it: Python's own str hash costs a fifth of a SHA-256 digest (about 0.16
+        # against 0.8 microseconds for an 800-character token), on every Validate of one; the
+        # bound caps the memory (access_token_entries x 4 KB at most).
         self._signed: OrderedDict[str, _Signed] = OrderedDict()
         self._signed_refused: OrderedDict[str, tuple[Verdict, float]] = OrderedDict()
         # When the change feed last confirmed every entry (see `confirm`); -inf: never.
@@ -231,11 +245,38 @@ class Validator:
         parent = await self._miss(signed.claims.parent)
         return self._decide_signed(signed, parent, permission, self._now())
 
+    def access_claims(self, value: str, now: datetime) -> AccessClaims | Reason:
+        """An access token's claims (RefreshToken's question): from the cache when it holds
+        the token and its key is still published, else verified (and then held); or why not,
+        MALFORMED or UNKNOWN. Synchronous: it never reads the store."""
+        signed = self._signed_claims(value, now.timestamp(), self._monotonic())
+        return signed.reason if isinstance(signed, Verdict) else signed.claims
+
+    def signed(self, value: str, signed: SignedClaims) -> None:
+        """Hold a token this process just signed as verified: its first Validate or refresh
+        here checks no signature."""
+        if self._read_signed is not None:
+            self._hold_signed(value, _Signed(signed))
+
+    def _hold_signed(self, value: str, signed: _Signed) -> None:
+        bound = self._config.access_token_entries
+        if bound > 0:
+            self._signed[value] = signed
+            self._signed.move_to_end(value)
+            if len(self._signed) > bound:
+                self._signed.popitem(last=False)
+
     def _signed_claims(self, value: str, now_ts: float, mono: float) -> _Signed | Verdict:
-        if self._read_signed is None or len(value) > MAX_ACCESS_TOKEN_LENGTH:
+        reader = self._read_signed
+        if reader is None or len(value) > MAX_ACCESS_TOKEN_LENGTH:
             return MALFORMED  # before hashing a value of any length into a lookup
         signed = self._signed.get(value)
         if signed is not None:
+            # Verified against a key that may have left the published set since: a check now
+            # would say UNKNOWN, so the cache must too (rotation alone keeps a key published).
+            if not reader.publishes(signed.kid, now_ts):
+                del self._signed[value]
+                return UNKNOWN
             self._signed.move_to_end(value)
             return signed
         refused = self._signed_refused.get(value)
@@ -245,20 +286,17 @@ class Validator:
             del self._signed_refused[value]
         if not looks_like_jwt(value):
             return MALFORMED
-        claims = self._read_signed(value, datetime.fromtimestamp(now_ts, UTC))
+        read = reader.read(value, datetime.fromtimestamp(now_ts, UTC))
         config = self._config
-        if isinstance(claims, Reason):
-            verdict = MALFORMED if claims is Reason.MALFORMED else UNKNOWN
+        if isinstance(read, Reason):
+            verdict = MALFORMED if read is Reason.MALFORMED else UNKNOWN
             if config.negative_entries > 0:
                 self._signed_refused[value] = (verdict, mono + config.negative_ttl)
                 if len(self._signed_refused) > config.negative_entries:
                     self._signed_refused.popitem(last=False)
             return verdict
-        signed = _Signed(claims)
-        if config.access_token_entries > 0:
-            self._signed[value] = signed
-            if len(self._signed) > config.access_token_entries:
-                self._signed.popitem(last=False)
+        signed = _Signed(read)
+        self._hold_signed(value, signed)
         return signed
 
     def _cached_entry(self, token_id: str, mono: float) -> ValidationEntry | _Read | None:

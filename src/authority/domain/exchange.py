@@ -11,6 +11,13 @@ An access token dies with its parent: Validate and RefreshToken look the parent 
 Validate cache, which the change feed keeps exact) every time, so a revoked key's access tokens
 are refused at once although their signatures still verify.
 
+A signature is checked once per token and process: the Validate cache keeps the claims of the
+tokens it verified, and of every token this process signed (ExchangeKey, RefreshToken), so that
+the common refresh (a job renewing the token this replica gave it) reads no database and checks
+no signature. What a cached token is accepted with is what a fresh check would give: the claims
+are those of the value signed, and the key that signed it must still be published (asked on
+every use, so a token whose key has gone is UNKNOWN however long it was cached).
+
 The claims (RFC 9068): iss, sub (the key's subject, or `key:<key id>` for an organisation key),
 aud (asked for, else the issuer), exp, iat, jti (the access token's public id), client_id (the
 key's id), scope (space-separated); and ours: org, parent (the key's id), refresh_until.
@@ -28,8 +35,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-
-import jwt
 
 from authority.domain import policy
 from authority.domain.access import caller_from_entry
@@ -169,9 +174,18 @@ class AccessClaims:
         return "" if self.subject == f"key:{self.parent}" else self.subject
 
 
+@dataclass(frozen=True, slots=True)
+class SignedClaims:
+    """The claims of an access token whose signature was checked (or that this process
+    signed), and the key that signed it: it must still be published when the token is used."""
+
+    kid: str
+    claims: AccessClaims
+
+
 def read_access_token(
     ring: KeyRing, value: str, now: datetime, issuer: str
-) -> AccessClaims | Reason:
+) -> SignedClaims | Reason:
     """The claims of an access token this service signed, whatever its expiry (the caller
     checks it); else why not: MALFORMED (not a JWT, another algorithm or type, claims
     missing) or UNKNOWN (a key not published at `now`, a bad signature, another issuer).
@@ -179,17 +193,35 @@ def read_access_token(
     if not looks_like_jwt(value):
         return Reason.MALFORMED
     try:
-        payload = ring.verify(value, now)
+        verified = ring.verify(value, now)
     except SignatureRefused as refused:
         return _REFUSED.get(refused.why, Reason.UNKNOWN)
-    if jwt.get_unverified_header(value).get("typ") != ACCESS_TOKEN_TYPE:
+    if verified.header.get("typ") != ACCESS_TOKEN_TYPE:
         return Reason.MALFORMED
-    claims = AccessClaims.from_dict(payload)
+    claims = AccessClaims.from_dict(verified.claims)
     if claims is None:
         return Reason.MALFORMED
     if claims.issuer != issuer:
         return Reason.UNKNOWN
-    return claims
+    return SignedClaims(verified.kid, claims)
+
+
+class AccessTokenReader:
+    """Access tokens read against the key ring in use (replaced whole at each rotation): what
+    the Validate cache verifies a token with, and asks, at each use of one it holds, whether
+    its key is still published."""
+
+    def __init__(self, ring: Callable[[], KeyRing], issuer: str) -> None:
+        self._ring = ring
+        self._issuer = issuer
+
+    def read(self, value: str, now: datetime) -> SignedClaims | Reason:
+        """`read_access_token` with the ring in use and this service's issuer."""
+        return read_access_token(self._ring(), value, now, self._issuer)
+
+    def publishes(self, kid: str, now_ts: float) -> bool:
+        """Whether the key `kid` is published at `now_ts` (seconds since the epoch)."""
+        return self._ring().publishes(kid, now_ts)
 
 
 def exchange_claims(
@@ -341,11 +373,14 @@ class KeyHolder:
 
 
 class KeyStates(Protocol):
-    """The Validate cache, as the exchange uses it: a key value's verdict, and a key's entry
-    by id (both from the cache when it holds them)."""
+    """The Validate cache, as the exchange uses it: a key value's verdict, a key's entry by
+    id, an access token's claims (each from the cache when it holds them); and the tokens this
+    process signs, to be held as verified."""
 
     def validate(self, value: str, permission: str) -> Awaitable[Verdict]: ...
     def key_entry(self, token_id: str) -> Awaitable[ValidationEntry | None]: ...
+    def access_claims(self, value: str, now: datetime) -> AccessClaims | Reason: ...
+    def signed(self, value: str, signed: SignedClaims) -> None: ...
 
 
 _KEY_REFUSALS = {
@@ -446,19 +481,32 @@ class AccessTokens:
         now = self._clock()
         claims = exchange_claims(holder.entry, scopes, ttl, audience, now, self._limits)
         await record(issued_event(claims, Initiator.of(holder.caller), now))
-        return IssuedAccessToken(self._ring().sign(claims.as_dict()), claims)
+        return self._sign(claims)
 
     async def refresh(self, value: str) -> IssuedAccessToken:
-        """The same claims, a new jti and expiry; no store read when the parent is cached.
+        """The same claims, a new jti and expiry; no store read when the parent is cached,
+        no signature check when the token is (a token this process signed, or verified).
 
         Not recorded in the audit trail, by design: a refresh writes nothing (the exchange
         that began the chain is recorded, and every refreshed token keeps its parent, scopes,
         audience and refresh_until)."""
         now = self._clock()
-        claims = read_access_token(self._ring(), value, now, self._limits.issuer)
+        claims = self._keys.access_claims(value, now)
         if isinstance(claims, Reason):
-            message, reason = _TOKEN_REFUSALS[claims]
+            message, reason = _TOKEN_REFUSALS.get(claims, _TOKEN_REFUSALS[Reason.UNKNOWN])
             raise Unauthenticated(message, reason)
         parent = await self._keys.key_entry(claims.parent)
         renewed = refreshed_claims(claims, parent, now, self._limits)
-        return IssuedAccessToken(self._ring().sign(renewed.as_dict()), renewed)
+        return self._sign(renewed)
+
+    def _sign(self, claims: AccessClaims) -> IssuedAccessToken:
+        """Sign `claims` with the current key, and hand the token to the cache as verified.
+        The claims it holds are read back from the payload signed, as a signature check would
+        read them (so a payload a check would refuse is not held)."""
+        ring = self._ring()
+        payload = claims.as_dict()
+        value = ring.sign(payload)
+        readable = AccessClaims.from_dict(payload)
+        if readable is not None and ring.current_kid is not None:
+            self._keys.signed(value, SignedClaims(ring.current_kid, readable))
+        return IssuedAccessToken(value, claims)

@@ -63,9 +63,27 @@ def _checksum(body: str) -> str:
     return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
+# Random bytes to base62 without bias, by rejection: a byte's low six bits pick a character,
+# and the bytes whose six bits are 62 or 63 are dropped (8 of 256), so each character stands
+# for exactly 4 byte values. One `token_bytes` call and one `translate` per id, not a
+# `secrets.choice` per character (a sixth of the cost).
+_ID_CHARACTERS = bytes(ord(ALPHABET[byte & 63]) if byte & 63 < 62 else 0 for byte in range(256))
+_ID_REJECTED = bytes(byte for byte in range(256) if byte & 63 >= 62)
+# Bytes drawn per try: 16 of 24 survive but for a chance of about 4 in 100 million.
+_ID_DRAW = ID_LENGTH + 8
+
+
+def base62_from_bytes(drawn: bytes) -> str:
+    """The base62 characters that the bytes `drawn` stand for, the rejected bytes dropped."""
+    return drawn.translate(_ID_CHARACTERS, _ID_REJECTED).decode("ascii")
+
+
 def new_token_id() -> str:
     """A fresh random public id (about 95 bits, so collisions are not a concern)."""
-    return "".join(secrets.choice(ALPHABET) for _ in range(ID_LENGTH))
+    while True:
+        characters = base62_from_bytes(secrets.token_bytes(_ID_DRAW))
+        if len(characters) >= ID_LENGTH:
+            return characters[:ID_LENGTH]
 
 
 def new_token(token_id: str | None = None) -> ParsedToken:
