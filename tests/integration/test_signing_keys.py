@@ -34,7 +34,15 @@ from authority.v1 import admin_pb2
 from authority.v1 import token_authority_pb2 as pb
 from tests.harness import PEPPER_HEX, ServerHandle, bearer, bootstrap_admin, serve
 from tests.integration.conftest import Fresh
-from tests.integration.helpers import current_kid, error_reason, refused, signing_keys
+from tests.integration.helpers import (
+    current_kid,
+    error_reason,
+    issue,
+    make_org,
+    refused,
+    signing_keys,
+    validate,
+)
 
 GONE_AFTER = 900 + 86400  # the default access-token max ttl + refresh window, in seconds
 AUTHORITY = Path(sys.executable).parent / "authority"
@@ -189,6 +197,30 @@ def test_with_the_change_feed_off_a_server_still_picks_up_rotations(fresh: Fresh
         new = rotate(fresh.server, fresh.admin.secret).kid
 
         assert eventually(lambda: current_kid(quiet) == new, seconds=2)
+
+
+def test_a_token_of_a_key_another_process_just_made_verifies_here_once_the_key_arrives(
+    fresh: Fresh,
+) -> None:
+    """Refused here while this server has not loaded the new key yet, and not for the whole
+    negative TTL after: a refusal holds only for the key set it was judged against."""
+    admin = bearer(fresh.admin.secret)
+    org = make_org(fresh.server, fresh.admin.secret)
+    key = issue(fresh.server, admin, org)
+    with serve(
+        fresh.database_url,
+        feed_poll_seconds=0,  # no feed: it reloads the keys at start, then every 4 s
+        cache_max_staleness_seconds=4.0,
+        negative_cache_ttl_seconds=60.0,
+    ) as slow:
+        rotate(fresh.server, fresh.admin.secret)
+        exchanged = fresh.server.tokens.ExchangeKey(pb.ExchangeKeyRequest(key=key.secret))
+
+        before_the_reload = validate(slow, exchanged.access_token)
+        verified = eventually(lambda: validate(slow, exchanged.access_token).valid, seconds=8)
+
+    assert before_the_reload.reason == pb.REASON_UNKNOWN
+    assert verified, "still refused after the new key reached this server"
 
 
 def test_processes_starting_at_once_make_one_first_key(blank_database: str) -> None:

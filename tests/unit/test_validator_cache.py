@@ -469,6 +469,13 @@ class FakeSigned:
         self.claims: dict[str, AccessClaims] = {}
         self.reads: list[str] = []
         self.published = {KID}
+        self.ring = object()  # replaced by `rotate`, as a reload replaces the key ring
+
+    def rotate(self) -> None:
+        self.ring = object()
+
+    def key_set(self) -> object:
+        return self.ring
 
     def read(self, value: str, now: datetime) -> SignedClaims | Reason:
         self.reads.append(value)
@@ -536,6 +543,22 @@ def test_refused_values_are_remembered_only_for_the_negative_ttl() -> None:
     setup.monotonic.value += 5  # e.g. another process's new key has reached this one since
     reader.claims[forged] = reader.claims[value]
     assert validate(setup, forged) is Reason.OK
+
+
+def test_a_refusal_does_not_outlive_the_key_set_it_was_judged_against() -> None:
+    """A token signed by another process with a key this one has not loaded yet is refused
+    here; once the rotation reaches this process it verifies, without waiting out the
+    negative TTL."""
+    setup, reader, _, value = signed_setup(negative_ttl=5.0)
+    newer = "aaaa.bbbb.eeee"
+
+    assert validate(setup, newer) is Reason.UNKNOWN  # its key id: not published here yet
+    reader.claims[newer] = reader.claims[value]
+    assert validate(setup, newer) is Reason.UNKNOWN  # the refusal holds for the same key set
+    reader.rotate()
+
+    assert validate(setup, newer) is Reason.OK
+    assert reader.reads.count(newer) == 2
 
 
 def test_values_that_are_neither_keys_nor_jwts_are_malformed_unread() -> None:

@@ -50,6 +50,11 @@ class SignedReader(Protocol):
         """Whether the key `kid` is still published (a held token's key must be, at each use)."""
         ...
 
+    def key_set(self) -> object:
+        """The key set in use, compared by identity: a refusal holds only while it is the
+        same (after a rotation, a token of an unknown key id may verify)."""
+        ...
+
 
 class _Read:
     """What `_cached_entry` answers when the entry must be read from the store first."""
@@ -154,7 +159,7 @@ class Validator:
         # against 0.8 microseconds for an 800-character token), on every Validate of one; the
         # bound caps the memory (access_token_entries x 4 KB at most).
         self._signed: OrderedDict[str, _Signed] = OrderedDict()
-        self._signed_refused: OrderedDict[str, tuple[Verdict, float]] = OrderedDict()
+        self._signed_refused: OrderedDict[str, tuple[Verdict, float, object]] = OrderedDict()
         # When the change feed last confirmed every entry (see `confirm`); -inf: never.
         self.confirmed = -math.inf
         self._hits = self._misses = self._evictions = self._negative_hits = 0
@@ -281,17 +286,18 @@ class Validator:
             return signed
         refused = self._signed_refused.get(value)
         if refused is not None:
-            if mono < refused[1]:
+            if mono < refused[1] and refused[2] is reader.key_set():
                 return refused[0]
             del self._signed_refused[value]
         if not looks_like_jwt(value):
             return MALFORMED
+        key_set = reader.key_set()  # before the read: a rotation during it cannot stick
         read = reader.read(value, datetime.fromtimestamp(now_ts, UTC))
         config = self._config
         if isinstance(read, Reason):
             verdict = MALFORMED if read is Reason.MALFORMED else UNKNOWN
             if config.negative_entries > 0:
-                self._signed_refused[value] = (verdict, mono + config.negative_ttl)
+                self._signed_refused[value] = (verdict, mono + config.negative_ttl, key_set)
                 if len(self._signed_refused) > config.negative_entries:
                     self._signed_refused.popitem(last=False)
             return verdict

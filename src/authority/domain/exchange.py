@@ -223,6 +223,10 @@ class AccessTokenReader:
         """Whether the key `kid` is published at `now_ts` (seconds since the epoch)."""
         return self._ring().publishes(kid, now_ts)
 
+    def key_set(self) -> KeyRing:
+        """The ring in use: each reload (a rotation here or elsewhere) makes a new one."""
+        return self._ring()
+
 
 def exchange_claims(
     key: ValidationEntry,
