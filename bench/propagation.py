@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -534,6 +535,16 @@ class Feed:
         """1 - the median of every round's on / off rate ratio."""
         return 1 - statistics.median(r for cost in self.replicas for r in cost.ratios)
 
+    def control_ratios(self) -> list[float]:
+        """The same ratio between two replicas of the same setting (on / on, off / off) in each
+        round: what the measurement gives where there is no difference to find."""
+        ratios = []
+        for first, second in itertools.pairwise([*self.replicas, self.replicas[0]]):
+            for arms in ("on", "off"):
+                for one, other in zip(getattr(first, arms), getattr(second, arms), strict=True):
+                    ratios.append(one.rate / other.rate)
+        return ratios
+
     def loaded_cores(self) -> float:
         """The CPU a feed-on replica uses under the cache-hit load (median)."""
         return statistics.median(s.server_cpu for cost in self.replicas for s in cost.on)
@@ -556,18 +567,22 @@ def _idle_cores(processes: Sequence[ProcessTree], seconds: float) -> list[float]
 def _feed_cost(
     kind: str,
     database: Database,
-    on_replicas: list[Replica],
     administrator: str,
     tokens: Sequence[str],
     args: argparse.Namespace,
 ) -> Feed:
-    """Each replica (feed on) against a twin with the feed off, alternating, while changes go
+    """REPLICAS feed-on replicas against as many twins with the feed off, all started
+    together for this (same age, same history: replicas that had just served the propagation
+    run measured slower against fresh twins, feed or no feed), alternating, while changes go
     through another feed-on replica."""
     scenario = Scenario(
         "Validate, cache hit", kind, "calls", 1, f"{SERVICE}/Validate", _validate_payloads(tokens)
     )
-    costs = [FeedCost(number) for number in range(len(on_replicas))]
-    with _servers(database, len(on_replicas), feed=False) as off_replicas:
+    costs = [FeedCost(number) for number in range(REPLICAS)]
+    with (
+        _servers(database, REPLICAS) as on_replicas,
+        _servers(database, REPLICAS, feed=False) as off_replicas,
+    ):
         for replica in (*on_replicas, *off_replicas):
             _warm(replica.target, tokens)
         targets = [replica.target for replica in on_replicas]
@@ -662,16 +677,11 @@ def run(args: argparse.Namespace) -> str:
                 propagations.append(
                     _propagation(kind, database, replicas, administrator, args.revocations, args)
                 )
-                if kind == kinds[0]:
-                    print(f"- feed on vs off, {STORES[kind]}", flush=True)
-                    feed = _feed_cost(
-                        kind,
-                        database,
-                        replicas,
-                        administrator,
-                        database.tokens[args.revocations :],
-                        args,
-                    )
+            if kind == kinds[0]:
+                print(f"- feed on vs off, {STORES[kind]}", flush=True)
+                feed = _feed_cost(
+                    kind, database, administrator, database.tokens[args.revocations :], args
+                )
     print("- serve --workers 2 vs 1, SQLite", flush=True)
     size = int(args.sizes.split(",")[0])
     worker_samples, worker_ratios = _workers(size, args)
@@ -732,7 +742,15 @@ def _feed_table(feed: Feed, args: argparse.Namespace) -> str:
             f"| {_per_call_us(cost.on):.0f} / {_per_call_us(cost.off):.0f} |"
         )
     every = [ratio for cost in feed.replicas for ratio in cost.ratios]
-    lines.append(f"| all (median of {len(every)} ratios) | | | {statistics.median(every):.3f}x | |")
+    lines.append(
+        f"| all (median of {len(every)} ratios; range {min(every):.2f} to {max(every):.2f}) "
+        f"| | | {statistics.median(every):.3f}x | |"
+    )
+    control = feed.control_ratios()
+    lines.append(
+        f"| control: replica / another of the same setting (median of {len(control)}; range "
+        f"{min(control):.2f} to {max(control):.2f}) | | | {statistics.median(control):.3f}x | |"
+    )
     how = ""
     if feed.store == "postgres" and feed.changes_per_second:
         # NOTIFY wakes a follower per commit; on SQLite it polls whether or not anything changed.

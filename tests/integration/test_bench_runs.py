@@ -78,7 +78,9 @@ def test_the_benchmark_runs_end_to_end_and_prints_its_tables(tmp_path: Path) -> 
     assert "Server RSS:" in report
     assert "| target | measured | met |" in report
     assert "| SQLite (polls every 50 ms) | all | 15 |" in report
-    assert "| all (median of 3 ratios) |" in report
+    assert "| all (median of 3 ratios; range " in report
+    # The control: the same measurement between replicas of one setting (on/on, off/off).
+    assert "| control: replica / another of the same setting (median of 6; range " in report
     assert "| --workers 1 |" in report
     assert "--workers 2 |" in report or "skipped: --workers not available" in report
     assert "revocation reaches every replica, p99 under 100 ms (SQLite" in report
