@@ -68,6 +68,15 @@ class Settings:
     # uvloop cuts the per-call cost of the gRPC server by about a tenth (see README).
     event_loop: str = "uvloop"
 
+    def __post_init__(self) -> None:
+        for name, (lowest, highest) in _BOUNDS.items():
+            value = getattr(self, name)
+            if not lowest <= value <= highest:
+                raise SettingsError(
+                    f"AUTHORITY_{name.upper()}={value!r} is out of range: "
+                    f"use {_shown(lowest)} to {_shown(highest)}"
+                )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read AUTHORITY_<FIELD> for every field, e.g. AUTHORITY_DATABASE_URL."""
@@ -108,6 +117,34 @@ class Settings:
         if len(pepper) < 32:
             raise SettingsError(f"{path} must hold at least 32 bytes of hex")
         return pepper
+
+
+_DAY = 86_400.0
+# What each number may be. Lifetimes and windows are capped so that every time they add up
+# to stays a date (a year-10000 expiry is an error, not a token), and the access token's at a
+# day: it is meant to be short-lived.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "cache_max_entries": (0, 100_000_000),
+    "cache_max_staleness_seconds": (0, 365 * _DAY),
+    "negative_cache_entries": (0, 100_000_000),
+    "negative_cache_ttl_seconds": (0, _DAY),
+    "access_token_cache_entries": (0, 100_000_000),
+    "validate_batch_max": (1, 100_000),
+    "feed_poll_seconds": (0, 3600),
+    "database_threads": (1, 1024),
+    "audit_retention_days": (0, 100 * 365),
+    "audit_retention_interval_seconds": (0.01, 365 * _DAY),
+    "workers": (1, 1024),
+    "expiry_sweep_seconds": (0, _DAY),
+    "expiry_warning_seconds": (0, 365 * _DAY),
+    "access_token_max_ttl_seconds": (1, _DAY),
+    "refresh_window_seconds": (0, 366 * _DAY),
+    "signing_key_rotation_seconds": (0, 10 * 365 * _DAY),
+}
+
+
+def _shown(number: float) -> str:
+    return f"{number:,.0f}" if float(number).is_integer() else f"{number:g}"
 
 
 def _create_pepper_file(path: Path) -> None:
