@@ -101,7 +101,7 @@ lint: generate
 	$(BIN)/ruff format --check src clients/python/src/authority/client tests bench
 
 typecheck: generate
-	$(BIN)/mypy src clients/python/src/authority/client bench
+	$(BIN)/mypy src clients/python/src/authority/client bench tests
 
 unit: generate
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,10 +21,19 @@ from tests.harness import (
     serve,
 )
 
+
+class _Common(TypedDict):
+    """The settings both Hypothesis profiles share, typed as register_profile takes them."""
+
+    deadline: None
+    suppress_health_check: list[HealthCheck]
+    print_blob: bool
+
+
 # Property-based tests (tests/integration/test_hostile_input.py): a short run in `make test`,
 # a long one with HYPOTHESIS_PROFILE=long. They drive a real server, so no deadline, and their
 # function-scoped fixtures are meant to be shared by all the examples of a test.
-_HYPOTHESIS = {
+_HYPOTHESIS: _Common = {
     "deadline": None,
     "suppress_health_check": [
         HealthCheck.function_scoped_fixture,

@@ -177,7 +177,16 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 
 def error_reason(error: grpc.RpcError) -> str:
     """The stable machine-readable reason of a refusal (ErrorInfo.reason)."""
-    return error_info(error).reason
+    # googleapis-common-protos ships .pyi files but no py.typed, so mypy sees google.rpc as Any.
+    reason: str = error_info(error).reason
+    return reason
+
+
+def error_message(error: grpc.RpcError) -> str:
+    """The message a person reads (grpc calls it `details()`): every refusal carries one."""
+    message = error.details()
+    assert message is not None, f"{error.code()} carries no message"
+    return message
 
 
 def invalid_argument(
@@ -185,7 +194,7 @@ def invalid_argument(
 ) -> grpc.RpcError:
     """Assert INVALID_ARGUMENT whose message and BadRequest detail both name `field`."""
     error = refused(grpc.StatusCode.INVALID_ARGUMENT, rpc, request, metadata)
-    assert field in error.details(), error.details()
+    assert field in error_message(error), error.details()
     assert bad_request_fields(error) == [field]
     return error
 

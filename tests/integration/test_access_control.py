@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     all_organizations,
     all_tokens,
     credential,
+    error_message,
     issue,
     make_org,
     make_org_key,
@@ -42,7 +43,7 @@ def assert_same_refusal(
 ) -> None:
     """Both NOT_FOUND, and the messages differ in nothing but the name asked about."""
     assert hidden.code() == missing.code() == NOT_FOUND
-    assert hidden.details().replace(hidden_name, "NAME") == missing.details().replace(
+    assert error_message(hidden).replace(hidden_name, "NAME") == error_message(missing).replace(
         missing_name, "NAME"
     )
 
@@ -64,7 +65,7 @@ def test_every_management_call_without_credentials_is_unauthenticated(
 
     error = refused(UNAUTHENTICATED, rpc_of(server, stub, method), request)
 
-    assert "authorization" in error.details() and "Bearer" in error.details()
+    assert "authorization" in error_message(error) and "Bearer" in error_message(error)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +98,7 @@ def test_a_bearer_whose_checksum_is_broken_is_unauthenticated_whatever_it_ends_w
     server: ServerHandle, admin_token: str, org: str
 ) -> None:
     # A real bearer of each kind of ending: one ending in "x" (1 token in 62) and one not.
-    keys = {}
+    keys: dict[bool, str] = {}
     for _ in range(2000):
         key = make_org_key(server, admin_token, org, list(MANAGE_SCOPES))
         keys.setdefault(key.secret.endswith("x"), key.secret)
@@ -154,7 +155,7 @@ def test_revoked_bearer_is_unauthenticated_at_once(
     )
     error = refused(UNAUTHENTICATED, server.tokens.ListTokens, request, owner.metadata)
 
-    assert "revoked" in error.details()
+    assert "revoked" in error_message(error)
 
 
 def test_expired_bearer_is_unauthenticated(
@@ -176,7 +177,7 @@ def test_expired_bearer_is_unauthenticated(
     clock.advance(60)
     error = refused(UNAUTHENTICATED, server.tokens.ListTokens, request, bearer(issued.secret))
 
-    assert "expired" in error.details()
+    assert "expired" in error_message(error)
 
 
 # -- the bearer's scopes against the called method ------------------------------------------
@@ -204,7 +205,7 @@ def test_download_only_key_can_manage_nothing(
         key.metadata,
     )
 
-    assert f"authority.v1.TokenAuthority.{method}" in error.details()
+    assert f"authority.v1.TokenAuthority.{method}" in error_message(error)
     assert validate(server, key.secret, "download").valid  # not revoked by its own key
 
 
@@ -259,7 +260,7 @@ def test_key_scoped_to_the_token_methods_may_not_call_admin_methods(
         key.metadata,
     )
 
-    assert "authority.v1.Admin.ListMembers" in error.details()
+    assert "authority.v1.Admin.ListMembers" in error_message(error)
 
 
 HELD = ["authority.v1.TokenAuthority.*", "download-only", "environment.control.*"]
@@ -287,7 +288,7 @@ def test_issuing_more_scopes_than_the_caller_holds_is_denied(
         PERMISSION_DENIED, server.tokens.IssueToken, issue_request(org, scopes=scopes), key.metadata
     )
 
-    assert "scope" in error.details()
+    assert "scope" in error_message(error)
 
 
 @pytest.mark.parametrize(
@@ -371,7 +372,7 @@ def test_member_may_not_issue_tokens_for_anyone_else(
         member.metadata,
     )
 
-    assert member.name in error.details()  # tells the member which subject it may use
+    assert member.name in error_message(error)  # tells the member which subject it may use
 
 
 def test_member_lists_only_its_own_tokens(server: ServerHandle, admin_token: str, org: str) -> None:
@@ -461,7 +462,7 @@ def test_subject_must_be_a_member_of_the_organisation(
             issue_request(org, subject=subject, scopes=["download-only"]),
             metadata,
         )
-        assert subject in error.details() and "AddMember" in error.details()
+        assert subject in error_message(error) and "AddMember" in error_message(error)
 
 
 # -- isolation between organisations ---------------------------------------------------------

@@ -16,6 +16,7 @@ from tests.integration.helpers import (
     add_member,
     all_organizations,
     all_tokens,
+    error_message,
     invalid_argument,
     issue,
     make_org,
@@ -101,7 +102,7 @@ def test_create_organization_refuses_a_bad_slug_and_names_the_field(
 
     error = invalid_argument("name", server.admin.CreateOrganization, request, auth)
 
-    assert "lowercase" in error.details() or "required" in error.details()
+    assert "lowercase" in error_message(error) or "required" in error_message(error)
 
 
 def test_create_organization_refuses_a_name_that_is_taken(
@@ -114,7 +115,7 @@ def test_create_organization_refuses_a_name_that_is_taken(
         auth,
     )
 
-    assert org in error.details()
+    assert org in error_message(error)
 
 
 @pytest.mark.parametrize("caller", ["owner", "key"])
@@ -130,7 +131,7 @@ def test_only_a_global_administrator_creates_organisations(
         metadata,
     )
 
-    assert "global administrator" in error.details()
+    assert "global administrator" in error_message(error)
 
 
 # -- ListOrganizations -----------------------------------------------------------------------
@@ -242,7 +243,7 @@ def test_create_principal_refuses_a_name_that_is_taken(
         auth,
     )
 
-    assert name in error.details()
+    assert name in error_message(error)
 
 
 def test_only_a_global_administrator_creates_principals(
@@ -317,7 +318,7 @@ def test_add_member_of_a_principal_that_does_not_exist_is_not_found(
         grpc.StatusCode.NOT_FOUND, server.admin.AddMember, add_request(org, ghost, "member"), auth
     )
 
-    assert ghost in error.details()
+    assert ghost in error_message(error)
 
 
 def test_add_member_again_changes_the_role(
@@ -402,7 +403,7 @@ def test_admin_may_not_grant_or_change_owner_and_admin_roles(
         manager.metadata,
     )
 
-    assert "owner" in error.details()
+    assert "owner" in error_message(error)
     assert members(server, admin_token, org) == before
 
 
@@ -444,7 +445,7 @@ def test_member_may_not_manage_members(server: ServerHandle, admin_token: str, o
         member.metadata,
     )
 
-    assert org in added.details() and org in removed.details()
+    assert org in error_message(added) and org in error_message(removed)
     assert members(server, admin_token, org) == before
 
 
@@ -461,7 +462,7 @@ def test_last_owner_cannot_be_removed(server: ServerHandle, admin_token: str, or
             remove_request(org, owner.name),
             metadata,
         )
-        assert "owner" in error.details()
+        assert "owner" in error_message(error)
 
     assert members(server, admin_token, org) == {owner.name: admin_pb2.ROLE_OWNER}
     assert validate(server, owner.credential.secret).valid
@@ -480,7 +481,7 @@ def test_last_owner_cannot_be_demoted(
         bearer(admin_token),
     )
 
-    assert "owner" in error.details()
+    assert "owner" in error_message(error)
     assert members(server, admin_token, org) == {owner.name: admin_pb2.ROLE_OWNER}
 
 
@@ -503,7 +504,7 @@ def test_an_owner_may_step_down_once_there_is_another_owner(
         first.name: admin_pb2.ROLE_MEMBER,
         second: admin_pb2.ROLE_OWNER,
     }
-    assert org in error.details()
+    assert org in error_message(error)
 
 
 # -- RemoveMember ----------------------------------------------------------------------------
@@ -548,7 +549,7 @@ def test_remove_of_a_principal_that_is_not_a_member_is_not_found(
         grpc.StatusCode.NOT_FOUND, server.admin.RemoveMember, remove_request(org, principal), auth
     )
 
-    assert principal in error.details()
+    assert principal in error_message(error)
 
 
 def test_removed_principal_can_be_added_back_and_gets_new_tokens(
@@ -593,7 +594,7 @@ def test_cache_stats_are_for_global_administrators_only(
         PERMISSION_DENIED, server.admin.GetCacheStats, admin_pb2.GetCacheStatsRequest(), metadata
     )
 
-    assert "global administrator" in error.details()
+    assert "global administrator" in error_message(error)
 
 
 def _all_powerful_but_not_global(

@@ -236,7 +236,7 @@ def test_a_token_never_outlives_the_bearer_that_issues_it(
 
     # A later one, by instant or by ttl: refused, and nothing stored.
     before = token_ids(server, admin_token, org)
-    later = [
+    later: list[dict[str, Timestamp | Duration]] = [
         {"expires_at": timestamp(limit.seconds + 1)},
         {"expires_at": timestamp(limit.seconds + 365 * 86400)},
         {"ttl": Duration(seconds=2 * 3600)},
@@ -384,7 +384,9 @@ def test_a_token_value_passed_as_token_id_is_never_echoed(
             assert secret_part[:20] not in text, f"the secret was echoed: {text!r}"
             assert "tka_" not in text, f"a token-shaped value was echoed: {text!r}"
         metadata = error.trailing_metadata() or ()
-        for _, value in metadata:
+        for metadatum in metadata:
+            # grpc-stubs say bytes, but a key without -bin carries str (hence the isinstance).
+            value: str | bytes = metadatum.value
             raw = value if isinstance(value, bytes) else value.encode()
             assert secret_part[:20].encode() not in raw
 

@@ -299,6 +299,7 @@ def strings_in(message: Message) -> set[str]:
         if descriptor.type == descriptor.TYPE_STRING:
             found.update([value] if isinstance(value, str) else value)
         elif descriptor.type == descriptor.TYPE_MESSAGE:
+            assert descriptor.message_type is not None  # set for every TYPE_MESSAGE field
             if descriptor.message_type.GetOptions().map_entry:
                 for key, item in value.items():
                     found.add(key)
@@ -647,7 +648,10 @@ def unknown_fields() -> st.SearchStrategy[bytes]:
     )
 
 
-def with_unknown(request: Message, extra: bytes) -> Message:
+M = TypeVar("M", bound=Message)
+
+
+def with_unknown(request: M, extra: bytes) -> M:
     request.MergeFromString(extra)
     return request
 
@@ -666,7 +670,7 @@ def test_issue_token(arena: Arena, data: st.DataObject) -> None:
             "subject",
         ),
         scopes=data.draw(SCOPES, "scopes"),
-        scope_profile=data.draw(ENUM, "scope_profile"),
+        scope_profile=pb.ScopeProfile.ValueType(data.draw(ENUM, "scope_profile")),
         properties=data.draw(PROPERTIES, "properties"),
     )
     expiry = data.draw(EXPIRY, "expiry")
@@ -1030,7 +1034,7 @@ def test_create_principal(arena: Arena, data: st.DataObject) -> None:
             st.one_of(principal_names(arena, arena.callers), st.builds(unique, st.just("made"))),
             "name",
         ),
-        kind=data.draw(ENUM, "kind"),
+        kind=admin_pb2.PrincipalKind.ValueType(data.draw(ENUM, "kind")),
         kind_name=data.draw(
             st.one_of(st.sampled_from(["", "user", "service", "USER", " user ", "admin"]), HOSTILE),
             "kind_name",
@@ -1050,7 +1054,7 @@ def test_add_member(arena: Arena, data: st.DataObject) -> None:
     request = admin_pb2.AddMemberRequest(
         organization=data.draw(mostly(arena.org, organization_names(arena)), "organization"),
         principal=data.draw(principal_names(arena, arena.victims), "principal"),
-        role=data.draw(ENUM, "role"),
+        role=admin_pb2.Role.ValueType(data.draw(ENUM, "role")),
         role_name=data.draw(ROLE_NAMES, "role_name"),
     )
     with_unknown(request, data.draw(unknown_fields(), "unknown fields"))
@@ -1202,6 +1206,7 @@ def test_validate(arena: Arena, data: st.DataObject) -> None:
         data.draw(unknown_fields(), "unknown fields"),
     )
     before = state_before(arena)
+    answer: pb.ValidateResponse | grpc.RpcError
     try:
         answer = arena.server.tokens.Validate(request, timeout=CALL_TIMEOUT)
     except grpc.RpcError as error:

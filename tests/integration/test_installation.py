@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -109,7 +110,7 @@ def revoke(server: ServerHandle, by: Credential, token_id: str) -> pb.Token:
     return revoked
 
 
-def issue_global(server: ServerHandle, by: Credential, **fields: object) -> Credential:
+def issue_global(server: ServerHandle, by: Credential, **fields: Any) -> Credential:
     """Another global-administrator token (organization empty), issued by a global one."""
     issued = server.tokens.IssueToken(
         pb.IssueTokenRequest(organization="", label=unique("global"), scopes=["*"], **fields),

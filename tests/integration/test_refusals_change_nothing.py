@@ -492,12 +492,16 @@ HOSTILE: dict[str, Callable[[World], tuple[Callable[..., Any], Any, Metadata]]] 
     ),
     "kind-out-of-range": lambda w: (
         w.server.admin.CreatePrincipal,
-        admin_pb2.CreatePrincipalRequest(name=unique("p"), kind=-1),
+        admin_pb2.CreatePrincipalRequest(
+            name=unique("p"), kind=admin_pb2.PrincipalKind.ValueType(-1)
+        ),
         w.admin,
     ),
     "role-out-of-range": lambda w: (
         w.server.admin.AddMember,
-        admin_pb2.AddMemberRequest(organization=w.org, principal=w.stranger, role=-1),
+        admin_pb2.AddMemberRequest(
+            organization=w.org, principal=w.stranger, role=admin_pb2.Role.ValueType(-1)
+        ),
         w.admin,
     ),
     "an-eight-kilobyte-bearer": lambda w: (
@@ -586,7 +590,8 @@ def test_hostile_input_earns_its_expected_answer_never_unknown_or_internal(
             rpc(request, metadata=metadata)
         error = caught.value
         assert error.code() in expected.codes, f"{error.code()}: {error.details()}"
-        assert error.details() and "Traceback" not in error.details()
+        message = error.details()
+        assert message and "Traceback" not in message
         assert snapshot(world) == before
     else:
         answer = rpc(request, metadata=metadata)

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     Metadata,
     add_member,
     all_tokens,
+    error_message,
     invalid_argument,
     issue,
     make_org,
@@ -258,7 +259,7 @@ def test_issue_refuses_a_scope_that_is_not_a_permission_string(
 
     error = invalid_argument("scopes", server.tokens.IssueToken, request, auth)
 
-    assert "environment.control.*" in error.details()  # says what a scope looks like
+    assert "environment.control.*" in error_message(error)  # says what a scope looks like
 
 
 @pytest.mark.parametrize(
@@ -309,7 +310,7 @@ def test_issue_in_an_organisation_that_does_not_exist_is_not_found(
         auth,
     )
 
-    assert missing in error.details()
+    assert missing in error_message(error)
 
 
 def test_issue_for_a_subject_that_is_not_a_member_fails_its_precondition(
@@ -322,7 +323,7 @@ def test_issue_for_a_subject_that_is_not_a_member_fails_its_precondition(
         auth,
     )
 
-    assert "AddMember" in error.details()
+    assert "AddMember" in error_message(error)
 
 
 # -- Validate --------------------------------------------------------------------------------
@@ -580,8 +581,8 @@ def test_a_request_id_is_bounded_in_every_form_of_validate(
     with pytest.raises(grpc.RpcError) as stream_error:
         list(server.tokens.ValidateStream(iter([longest, too_long])))
     assert stream_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "request_id" in stream_error.value.details()
-    assert "r" * 257 not in stream_error.value.details()
+    assert "request_id" in error_message(stream_error.value)
+    assert "r" * 257 not in error_message(stream_error.value)
 
 
 def test_ping_echoes_its_payload_without_credentials(server: ServerHandle) -> None:
@@ -620,7 +621,7 @@ def test_get_token_of_an_id_that_was_never_issued_is_not_found(
         auth,
     )
 
-    assert token_id in error.details()
+    assert token_id in error_message(error)
 
 
 @pytest.mark.parametrize(
@@ -749,7 +750,7 @@ def test_page_token_reused_with_a_different_organisation_is_invalid(
         auth,
     )
 
-    assert "unchanged" in error.details()
+    assert "unchanged" in error_message(error)
 
 
 def test_page_token_reused_with_include_revoked_changed_is_invalid(

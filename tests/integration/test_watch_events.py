@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import pytest
@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     MANAGE_SCOPES,
     Metadata,
     bad_request_fields,
+    error_message,
     error_reason,
     issue,
     make_org,
@@ -46,7 +47,13 @@ DEADLINE = 30.0
 # How long a stream must stay quiet for `drain` to take it that nothing more is coming.
 QUIET = 1.5
 
-Stream = Iterator[pb.TokenEvent]
+
+class Stream(Protocol):
+    """A server stream as the client holds it: its events, and a way to hang up."""
+
+    def __iter__(self) -> Iterator[pb.TokenEvent]: ...
+    def __next__(self) -> pb.TokenEvent: ...
+    def cancel(self) -> bool: ...
 
 
 def watch(
@@ -266,7 +273,7 @@ def test_a_consumer_resuming_many_times_under_write_load_sees_every_event_once_i
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
         finally:
-            stream.cancel()  # type: ignore[attr-defined]
+            stream.cancel()
         resumes += 1
     writer.join()
 
@@ -345,7 +352,7 @@ def test_resuming_from_before_what_the_retention_kept_is_refused_not_silently_sk
 
     assert gone.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(gone) == "POSITION_EXPIRED"
-    assert first.token.token_id not in gone.details()
+    assert first.token.token_id not in error_message(gone)
     assert [event.token_id for event in from_now] == [fresh.token.token_id]
 
 

@@ -185,11 +185,12 @@ def test_a_backlog_is_read_to_its_end_before_anything_is_confirmed() -> None:
     async def scenario(world: World) -> None:
         started_confirmed = world.validator.confirmed
         world.monotonic.value += 10
-        world.log.fail_after = world.log.reads + 1  # the backlog's second page fails
+        fail_after = world.log.reads + 1
+        world.log.fail_after = fail_after  # the backlog's second page fails
         for _ in range(BATCH + 5):
             world.log.append(revoked("0" * 16))
         await until(lambda: world.feed.last_sequence == BATCH)  # the first page was applied
-        await until(lambda: world.log.reads > world.log.fail_after + 2)  # and retried since
+        await until(lambda: world.log.reads > fail_after + 2)  # and retried since
         assert world.validator.confirmed == started_confirmed  # nothing confirmed mid-backlog
 
         world.log.fail_after = None

@@ -55,7 +55,10 @@ def test_an_empty_page_token_means_the_first_page() -> None:
 @pytest.mark.parametrize("position", [0, 17, 2**53, "acme", "name with spaces/ü"])
 def test_a_page_token_round_trips_its_position(position: int | str) -> None:
     token = pagination.encode(QUERY, position)
-    assert pagination.decode(token, list(QUERY), type(position)) == position
+    if isinstance(position, int):
+        assert pagination.decode(token, list(QUERY), int) == position
+    else:
+        assert pagination.decode(token, list(QUERY), str) == position
 
 
 def test_a_page_token_is_url_safe_and_unpadded() -> None:
