@@ -121,15 +121,20 @@ async def _abort(context: Context, status: grpc.Status) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
-async def _abort_internal(context: Context, method: str, error: Exception) -> NoReturn:
-    incident = uuid.uuid4().hex[:12]
-    log.error("internal error in %s (incident %s)", method, incident, exc_info=error)
-    status = status_pb2.Status(
+def internal_status(incident: str) -> status_pb2.Status:
+    """What a caller hears of a bug: INTERNAL, an incident id to find the log line by, and
+    ErrorInfo INTERNAL; never the exception's text."""
+    return status_pb2.Status(
         code=code_pb2.INTERNAL,
         message=f"internal error (incident {incident}); the server log has the details",
         details=[_error_info(errors.Reason.INTERNAL)],
     )
-    await _abort(context, rpc_status.to_status(status))
+
+
+async def _abort_internal(context: Context, method: str, error: Exception) -> NoReturn:
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (incident %s)", method, incident, exc_info=error)
+    await _abort(context, rpc_status.to_status(internal_status(incident)))
 
 
 def log_call(
