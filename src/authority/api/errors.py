@@ -89,8 +89,14 @@ def _bounded(message: str) -> str:
 
 
 def status_of(error: errors.AuthorityError) -> grpc.Status:
-    """The gRPC status for a domain error, with an ErrorInfo (its reason), for a bad field a
-    BadRequest naming it, and for a limit with a known delay a RetryInfo."""
+    """The gRPC status for a domain error, as grpcio sends it (see `status_message_of`)."""
+    converted: grpc.Status = rpc_status.to_status(status_message_of(error))
+    return converted
+
+
+def status_message_of(error: errors.AuthorityError) -> status_pb2.Status:
+    """The google.rpc.Status for a domain error, with an ErrorInfo (its reason), for a bad
+    field a BadRequest naming it, and for a limit with a known delay a RetryInfo."""
     code = code_of(error)
     status = status_pb2.Status(code=code.value[0], message=_bounded(error.message))
     status.details.append(_error_info(error.reason))
@@ -112,8 +118,7 @@ def status_of(error: errors.AuthorityError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.append(detail)
-    converted: grpc.Status = rpc_status.to_status(status)
-    return converted
+    return status
 
 
 async def _abort(context: Context, status: grpc.Status) -> NoReturn:

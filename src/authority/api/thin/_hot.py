@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from authority.api import convert
-from authority.api.errors import internal_status, log_call, permission_of, status_of
+from authority.api.errors import internal_status, log_call, permission_of, status_message_of
 from authority.api.runtime import Runtime
 from authority.api.thin._grpc import Code, GrpcError, Messages, SendMessage
 from authority.api.token_authority import SERVICE, STREAM_BUFFER
@@ -29,7 +29,6 @@ from authority.v1 import token_authority_pb2 as pb
 
 M = TypeVar("M", bound=Message)
 
-_DETAILS_KEY = "grpc-status-details-bin"
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -43,16 +42,8 @@ def status_error(error: Exception) -> GrpcError | None:
     one mapping; None for anything else, which is a fault."""
     if not isinstance(error, AuthorityError):
         return None
-    status = status_of(error)
-    details = next(
-        (
-            value
-            for key, value in status.trailing_metadata
-            if key == _DETAILS_KEY and isinstance(value, bytes)
-        ),
-        None,
-    )
-    return GrpcError(status.code.value[0], status.details, details)
+    status = status_message_of(error)
+    return GrpcError(status.code, status.message, status.SerializeToString())
 
 
 def fault_status(incident: str) -> GrpcError:
