@@ -6,6 +6,7 @@ service's internals. Names are made unique because the tests of a backend share 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -337,3 +338,13 @@ def signing_keys(server: ServerHandle) -> pb.GetSigningKeysResponse:
 def current_kid(server: ServerHandle) -> str:
     """The kid the server signs with: the first of its published set."""
     return signing_keys(server).keys[0].kid
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 1.0) -> bool:
+    """Whether `condition` holds within `seconds` (polled; asked once more at the deadline)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

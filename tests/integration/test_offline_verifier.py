@@ -14,7 +14,7 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ from tests.harness import (
     unique,
 )
 from tests.integration import own_server
+from tests.integration.helpers import eventually
 from tests.integration.own_server import Counting, wall
 
 MAX_TTL = 900
@@ -106,15 +107,6 @@ def refused_within(
         if not answer.valid or elapsed >= seconds:
             return answer, elapsed
         time.sleep(0.01)
-
-
-def eventually(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- what a signature and the claims say ---------------------------------------------------

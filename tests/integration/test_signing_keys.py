@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +37,7 @@ from tests.integration.conftest import Fresh
 from tests.integration.helpers import (
     current_kid,
     error_reason,
+    eventually,
     issue,
     make_org,
     refused,
@@ -71,15 +72,6 @@ def verify_offline(token: str, server: ServerHandle) -> dict[str, Any]:
     kid = jwt.get_unverified_header(token)["kid"]
     claims: dict[str, Any] = jwt.decode(token, key_set[kid].key, algorithms=["EdDSA"])
     return claims
-
-
-def eventually(condition: Callable[[], bool], seconds: float = 1.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def store_of(database_url: str) -> SqlStore:
