@@ -205,6 +205,10 @@ def test_a_token_of_a_key_another_process_just_made_verifies_here_once_the_key_a
         cache_max_staleness_seconds=4.0,
         negative_cache_ttl_seconds=60.0,
     ) as slow:
+        # Past its reload at start (it replaces the ring), so that the next is 4 s away.
+        signing = slow.running.application.signing
+        started_with = signing.ring
+        eventually(lambda: signing.ring is not started_with, seconds=1)
         rotate(fresh.server, fresh.admin.secret)
         exchanged = fresh.server.tokens.ExchangeKey(pb.ExchangeKeyRequest(key=key.secret))
 
