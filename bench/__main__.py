@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import psutil
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from authority.v1 import token_authority_pb2 as pb
@@ -114,7 +115,12 @@ def _drop(kind: str, url: str) -> None:
 
 
 @contextmanager
-def _server(database: Database, cache_entries: int) -> Iterator[tuple[str, psutil.Process]]:
+def _server(
+    database: Database, cache_entries: int, server: str | None = None
+) -> Iterator[tuple[str, psutil.Process]]:
+    """`authority serve` on a free port, until the context ends. `server`: grpcio or thin
+    (`serve --server`); by default what AUTHORITY_SERVER says. A thin server is a supervisor
+    whose Envoy child does the work: measure its CPU over the tree (bench/propagation.py)."""
     port = _free_port()
     env = dict(
         os.environ,
@@ -129,18 +135,39 @@ def _server(database: Database, cache_entries: int) -> Iterator[tuple[str, psuti
         # Longer than a run: the access tokens the access-token rows present stay alive.
         AUTHORITY_ACCESS_TOKEN_MAX_TTL_SECONDS="3600",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "authority", "serve", "--listen", f"127.0.0.1:{port}"], env=env
-    )
+    command = [sys.executable, "-m", "authority", "serve", "--listen", f"127.0.0.1:{port}"]
+    if server is not None:
+        command += ["--server", server]
+    process = subprocess.Popen(command, env=env)
     target = f"127.0.0.1:{port}"
     try:
-        channel = grpc.insecure_channel(target)
-        grpc.channel_ready_future(channel).result(timeout=60)
-        channel.close()
+        _wait_serving(target, process)
         yield target, psutil.Process(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _wait_serving(target: str, process: subprocess.Popen[bytes]) -> None:
+    """Until health says SERVING through the port. A listening port is not enough: Envoy
+    listens before the Python behind it is up. A fresh channel per try: a channel that has
+    seen the port refused waits out its reconnect backoff."""
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the server on {target} exited ({process.returncode})")
+        with grpc.insecure_channel(target) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server on {target} did not start")
+        time.sleep(0.1)
 
 
 def _encode(messages: Sequence[bytes]) -> list[str]:
@@ -363,19 +390,45 @@ def _ping(tokens: Sequence[str], label: str) -> Scenario:
     return Scenario(f"Ping (empty RPC){label}", "-", "calls", 1, f"{SERVICE}/Ping", payloads)
 
 
+def _cache_hits(tokens: Sequence[str]) -> list[Scenario]:
+    """Validate, ValidateBatch of 100 and ValidateStream of warmed (cached) SQLite tokens."""
+    unary = _validate_payloads(tokens)
+    batch = [
+        pb.ValidateBatchRequest(
+            requests=[
+                pb.ValidateRequest(token=t, permission="download") for t in tokens[i : i + 100]
+            ]
+        ).SerializeToString()
+        for i in range(0, len(tokens), 100)
+    ]
+    return [
+        Scenario("Validate, cache hit", "sqlite", "calls", 1, f"{SERVICE}/Validate", unary),
+        Scenario(
+            "ValidateBatch of 100",
+            "sqlite",
+            "tokens",
+            100,
+            f"{SERVICE}/ValidateBatch",
+            batch,
+            concurrency=4,
+        ),
+        Scenario(
+            "ValidateStream",
+            "sqlite",
+            "msgs",
+            1,
+            f"{SERVICE}/ValidateStream",
+            unary,
+            mode="stream",
+            concurrency=2,
+        ),
+    ]
+
+
 def run_size(size: int, args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     sqlite = _prepared("sqlite", size)
     unary = _validate_payloads(sqlite.tokens)
-    batch = [
-        pb.ValidateBatchRequest(
-            requests=[
-                pb.ValidateRequest(token=t, permission="download")
-                for t in sqlite.tokens[i : i + 100]
-            ]
-        ).SerializeToString()
-        for i in range(0, len(sqlite.tokens), 100)
-    ]
     with _server(sqlite, 100_000) as (target, server):
         _check(target, pb.ValidateRequest(token=sqlite.tokens[0], permission="download"))
         _warm(target, sqlite.tokens)
@@ -383,28 +436,7 @@ def run_size(size: int, args: argparse.Namespace) -> list[Result]:
             target,
             server,
             _ping(sqlite.tokens, ", baseline"),
-            [
-                Scenario("Validate, cache hit", "sqlite", "calls", 1, f"{SERVICE}/Validate", unary),
-                Scenario(
-                    "ValidateBatch of 100",
-                    "sqlite",
-                    "tokens",
-                    100,
-                    f"{SERVICE}/ValidateBatch",
-                    batch,
-                    concurrency=4,
-                ),
-                Scenario(
-                    "ValidateStream",
-                    "sqlite",
-                    "msgs",
-                    1,
-                    f"{SERVICE}/ValidateStream",
-                    unary,
-                    mode="stream",
-                    concurrency=2,
-                ),
-            ],
+            _cache_hits(sqlite.tokens),
             size,
             args,
         )
@@ -630,11 +662,21 @@ def main() -> None:
         "--feed-writes", type=float, default=20, help="changes/s while the feed cost is measured"
     )
     replicas.add_argument("--no-replicas", action="store_true", help="skip this part")
+    thin = parser.add_argument_group("the thin server against grpcio (bench/thin.py)")
+    thin.add_argument("--thin-size", type=int, default=10_000, help="stored tokens")
+    skip = thin.add_mutually_exclusive_group()
+    skip.add_argument("--no-thin", action="store_true", help="skip this part")
+    skip.add_argument("--only-thin", action="store_true", help="run this part alone")
     args = parser.parse_args()
     print(
         f"Token Authority benchmark: {os.cpu_count()} cores, {args.clients} client processes",
         flush=True,
     )
+    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
+    when = time.strftime("%Y-%m-%d")
+    if args.only_thin:
+        _write(f"{_thin(args)}\n\nProduced by `{command}` on {when}.\n")
+        return
     results: list[Result] = []
     offline: Offline | None = None
     for size in (int(item) for item in args.sizes.split(",")):
@@ -653,17 +695,26 @@ def main() -> None:
         from bench import propagation
 
         several = propagation.run(args) + "\n\n"
+    thin_section = "" if args.no_thin else _thin(args) + "\n\n"
     rss = (
         f"Server RSS: {before:.0f} MB at start, {after:.0f} MB with {args.rss_entries:,} "
         f"cached entries ({per_100k:.0f} MB per 100,000 entries)."
     )
-    command = "make bench" + (f" BENCH_ARGS='{' '.join(sys.argv[1:])}'" if sys.argv[1:] else "")
-    when = time.strftime("%Y-%m-%d")
     offline_line = _offline_line(results, offline)
-    report = (
-        f"{table}\n\n{rss}\n\n{offline_line}{targets}\n\n{several}"
+    _write(
+        f"{table}\n\n{rss}\n\n{offline_line}{targets}\n\n{several}{thin_section}"
         f"Produced by `{command}` on {when}.\n"
     )
+
+
+def _thin(args: argparse.Namespace) -> str:
+    # Imported here, as bench.propagation: bench.thin imports this module by name.
+    from bench import thin
+
+    return thin.run(args)
+
+
+def _write(report: str) -> None:
     print()
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)

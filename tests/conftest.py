@@ -86,6 +86,18 @@ def deployment(database_url: str) -> Iterator[Deployment]:
         yield Deployment(server, bootstrap_admin(database_url), database_url)
 
 
+@pytest.fixture(scope="session")
+def in_process(deployment: Deployment) -> Iterator[Deployment]:
+    """The deployment, with its server in this process on grpcio whatever AUTHORITY_TEST_SERVER
+    says: for tests that read the server's own log records or patch its classes (the thin
+    server runs in Envoy's process). Same database, same administrator."""
+    if deployment.server.loop is not None:
+        yield deployment
+        return
+    with serve(deployment.database_url, server="grpcio") as server:
+        yield Deployment(server, deployment.admin_token, deployment.database_url)
+
+
 @pytest.fixture
 def server(deployment: Deployment) -> ServerHandle:
     return deployment.server

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,10 +25,11 @@ from sqlalchemy.engine import make_url
 from authority.domain.clock import system_clock
 from authority.domain.installation import Installation
 from authority.domain.token_format import SecretHasher
-from authority.server import RunningServer, build_application, start_server
+from authority.server import Application, RunningServer, build_application, start_server
 from authority.settings import Settings
 from authority.store.database import create_engines, migrate
 from authority.store.repository import SqlStore
+from authority.thin_server import ThinServer
 from authority.v1 import admin_pb2_grpc, token_authority_pb2_grpc
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -36,11 +39,16 @@ PEPPER_HEX = "ab" * 32
 
 
 class ManualClock:
-    """Wall clock the test moves by hand; starts at the real time so expiries look sane."""
+    """Wall clock the test moves by hand; starts at the real time so expiries look sane.
 
-    def __init__(self) -> None:
+    With `path`, every move is also written there, for a server in another process (the thin
+    server's embedded app reads it through SharedClock)."""
+
+    def __init__(self, path: Path | None = None) -> None:
         self._now = datetime.now(UTC).replace(microsecond=0)
         self._lock = threading.Lock()
+        self.path = path
+        self._publish()
 
     def __call__(self) -> datetime:
         with self._lock:
@@ -49,20 +57,63 @@ class ManualClock:
     def set(self, moment: datetime) -> None:
         with self._lock:
             self._now = moment
+            self._publish()
 
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._now += timedelta(seconds=seconds)
+            self._publish()
+
+    def _publish(self) -> None:
+        if self.path is not None:
+            _write_atomically(self.path, self._now.isoformat())
 
 
 class ManualMonotonic:
-    """Monotonic clock for cache staleness; moved by hand."""
+    """Monotonic clock for cache staleness; moved by hand (and shared through `path`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
         self.value = 1000.0
 
     def __call__(self) -> float:
-        return self.value
+        return self._value
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        self._value = value
+        if self.path is not None:
+            _write_atomically(self.path, repr(value))
+
+
+class SharedClock:
+    """A ManualClock's moves, read in the server's process."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __call__(self) -> datetime:
+        return datetime.fromisoformat(self._path.read_text())
+
+
+class SharedMonotonic:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __call__(self) -> float:
+        return float(self._path.read_text())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    if not path.parent.exists():  # its server has stopped; the test may still move the clock
+        return
+    draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    draft.write_text(text)
+    os.replace(draft, path)
 
 
 def create_postgres_database() -> str:
@@ -114,8 +165,8 @@ def create_sqlite_database(directory: Path) -> str:
 class ServerHandle:
     """A running server and what tests need to drive it."""
 
-    running: RunningServer
-    loop: asyncio.AbstractEventLoop
+    running: RunningServer | ThinRunning
+    loop: asyncio.AbstractEventLoop | None  # None: the server runs in another process
     clock: ManualClock
     monotonic: ManualMonotonic
     channel: grpc.Channel
@@ -132,6 +183,7 @@ class ServerHandle:
 
     def call_soon(self, function: object) -> None:
         """Run a plain function on the server's loop thread and wait for it."""
+        assert self.loop is not None, "the thin server runs in Envoy's process"
         future = asyncio.run_coroutine_threadsafe(_call(function), self.loop)
         future.result(timeout=10)
 
@@ -141,11 +193,37 @@ async def _call(function: object) -> None:
     function()
 
 
+class ThinRunning:
+    """The thin server (Envoy) as tests see it: its port, and an object graph of the test's
+    own over the same database and pepper, for what tests read beside the interface (the
+    signing keys, reloaded at each use as every server process does after a rotation)."""
+
+    def __init__(self, server: ThinServer, settings: Settings) -> None:
+        self.server = server
+        self.port = server.port
+        self._settings = settings
+        self._application: Application | None = None
+
+    @property
+    def application(self) -> Application:
+        if self._application is None:
+            self._application = build_application(self._settings)
+        self._application.signing.reload()
+        return self._application
+
+    def close(self) -> None:
+        if self._application is not None:
+            self._application.executor.shutdown(wait=True)
+            self._application.store.dispose()
+
+
+# Which server `serve` starts unless a test says: grpcio (server.py) or thin (thin_server.py).
+TEST_SERVER = os.environ.get("AUTHORITY_TEST_SERVER", "grpcio")
+
+
 @contextmanager
 def serve(database_url: str, **overrides: object) -> Iterator[ServerHandle]:
     """Start a server on an ephemeral loopback port against `database_url`."""
-    clock = ManualClock()
-    monotonic = ManualMonotonic()
     settings = Settings(
         listen="127.0.0.1:0",
         database_url=database_url,
@@ -155,7 +233,14 @@ def serve(database_url: str, **overrides: object) -> Iterator[ServerHandle]:
         # would announce other tests' tokens as expired (and invalidate them) at random. The
         # tests of the sweep turn it on.
         expiry_sweep_seconds=0,
+        server=TEST_SERVER,
     ).replace(**overrides)
+    if settings.server == "thin":
+        with _serve_thin(settings) as handle:
+            yield handle
+        return
+    clock = ManualClock()
+    monotonic = ManualMonotonic()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="authority-test-server", daemon=True)
     thread.start()
@@ -178,6 +263,46 @@ def serve(database_url: str, **overrides: object) -> Iterator[ServerHandle]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+# What tests/thin_embedded.py reads: the files the test's clocks are shared through.
+CLOCK_FILE_ENV = "AUTHORITY_TEST_CLOCK_FILE"
+MONOTONIC_FILE_ENV = "AUTHORITY_TEST_MONOTONIC_FILE"
+
+
+@contextmanager
+def _serve_thin(settings: Settings) -> Iterator[ServerHandle]:
+    """The thin server as `authority serve --server thin` runs it (Envoy with the embedded
+    app, grpcio behind it), its clocks the test's own through files."""
+    directory = Path(tempfile.mkdtemp(prefix="authority-test-clocks-"))
+    clock = ManualClock(directory / "clock")
+    monotonic = ManualMonotonic(directory / "monotonic")
+    server = ThinServer(
+        settings,
+        app="tests.thin_embedded:app",
+        environ={
+            CLOCK_FILE_ENV: str(clock.path),
+            MONOTONIC_FILE_ENV: str(monotonic.path),
+        },
+    )
+    server.start()
+    running = ThinRunning(server, settings)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield ServerHandle(
+            running=running,
+            loop=None,
+            clock=clock,
+            monotonic=monotonic,
+            channel=channel,
+            tokens=token_authority_pb2_grpc.TokenAuthorityStub(channel),
+            admin=admin_pb2_grpc.AdminStub(channel),
+        )
+    finally:
+        channel.close()
+        running.close()
+        server.stop(grace=0.5)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the listen address, each with its own cache kept "
         "coherent by the change feed (env AUTHORITY_WORKERS, default 1; a fixed port)",
     )
+    serve.add_argument(
+        "--server",
+        choices=("grpcio", "thin"),
+        help="thin: Envoy in front, the hot methods on the thin path (env AUTHORITY_SERVER, "
+        "default grpcio)",
+    )
     # Internal: this process is a worker started by `serve --workers N` (the parent's pid).
     serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
 
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen=getattr(args, "listen", None),
             cache_max_entries=getattr(args, "cache_max_entries", None),
             workers=getattr(args, "workers", None),
+            server=getattr(args, "server", None),
         )
         stop_logging = logs.configure(settings.log_level)
         try:
@@ -121,8 +128,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from authority import workers
         from authority.server import run_loop, serve
+        from authority.thin_server import serve_thin
 
         if args.worker_of is not None:  # the parent migrated and checked the pepper
+            if settings.server == "thin":
+                return serve_thin(settings, parent=args.worker_of)
             run_loop(serve(settings, parent=args.worker_of), settings.event_loop)
             return 0
         workers.check(settings)
@@ -130,6 +140,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.workers > 1:
             _check_pepper(settings)
             return workers.supervise(settings)
+        if settings.server == "thin":
+            return serve_thin(settings)
         run_loop(serve(settings), settings.event_loop)
         return 0
     if args.command in ("bootstrap", "break-glass"):

@@ -200,8 +200,9 @@ class RunningServer:
         self.application.store.dispose()
 
 
-async def start_server(application: Application) -> RunningServer:
-    """Serve TokenAuthority, Admin, health and reflection on settings.listen."""
+async def start_server(application: Application, listen: str | None = None) -> RunningServer:
+    """Serve TokenAuthority, Admin, health and reflection on `listen` (default
+    settings.listen; the thin server's private unix socket behind Envoy)."""
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(application.executor, check_pepper, application)
     # The installation's first signing key is made by the first server to start (sealing it
@@ -226,7 +227,7 @@ async def start_server(application: Application) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    listen = application.settings.listen
+    listen = listen or application.settings.listen
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError:  # grpcio's way of saying the bind failed

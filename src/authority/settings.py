@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/authority.db"
+SERVERS = ("grpcio", "thin")
 
 
 class SettingsError(ValueError):
@@ -65,10 +66,16 @@ class Settings:
     # Rotate the signing key once it is this old (0: only by hand, `authority keys rotate` or
     # Admin/RotateSigningKey). Each process checks every tenth of it (at most every minute).
     signing_key_rotation_seconds: float = 0.0
+    # `serve`: "grpcio" serves every method on grpcio.aio; "thin" puts Envoy in front, which
+    # serves the hot methods (Validate, ValidateBatch, ValidateStream, RefreshToken) on the thin
+    # path at a fraction of the CPU and hands the rest to grpcio (thin_server.py, README).
+    server: str = "grpcio"
     # uvloop cuts the per-call cost of the gRPC server by about a tenth (see README).
     event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
+        if self.server not in SERVERS:
+            raise SettingsError(f"AUTHORITY_SERVER={self.server!r}: use {' or '.join(SERVERS)}")
         for name, (lowest, highest) in _BOUNDS.items():
             value = getattr(self, name)
             if not lowest <= value <= highest:

@@ -37,10 +37,12 @@ class Fresh:
 
 
 @pytest.fixture
-def fresh(blank_database: str) -> Iterator[Fresh]:
-    """A bootstrapped server on a blank database (each backend), for installation-wide tests."""
+def fresh(blank_database: str, request: pytest.FixtureRequest) -> Iterator[Fresh]:
+    """A bootstrapped server on a blank database (each backend), for installation-wide tests;
+    on grpcio in this process for a test marked `in_process` (it reads the server's log)."""
     secret = bootstrap_admin(blank_database)
-    with serve(blank_database) as server:
+    mode = "grpcio" if request.node.get_closest_marker("in_process") else None
+    with serve(blank_database, server=mode) as server:
         token_id = validate(server, secret).token_id
         token = server.tokens.GetToken(
             pb.GetTokenRequest(token_id=token_id), metadata=bearer(secret)

@@ -109,6 +109,17 @@ def server(jobs_database: str, jobs_admin: str) -> Iterator[ServerHandle]:
         yield own
 
 
+@pytest.fixture(scope="module")
+def in_process_server(jobs_database: str, server: ServerHandle) -> Iterator[ServerHandle]:
+    """`server`, or on the thin server a grpcio one in this process beside it: the tests that
+    spy on the signature checks patch a class of this process."""
+    if server.loop is not None:
+        yield server
+        return
+    with serve(jobs_database, expiry_sweep_seconds=0, server="grpcio") as own:
+        yield own
+
+
 @pytest.fixture
 def admin_token(jobs_admin: str) -> str:
     return jobs_admin
@@ -395,8 +406,9 @@ def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_job_refreshing_what_this_server_signed_pays_no_signature_check(
-    server: ServerHandle, key: Credential, signature_checks: list[str]
+    in_process_server: ServerHandle, key: Credential, signature_checks: list[str]
 ) -> None:
+    server = in_process_server
     token = exchange(server, key.secret).access_token
     for _ in range(3):
         assert validate(server, token, "download").valid
@@ -407,9 +419,13 @@ def test_a_job_refreshing_what_this_server_signed_pays_no_signature_check(
 
 
 def test_a_token_signed_by_another_server_is_checked_once_then_refreshed_from_the_cache(
-    jobs_database: str, server: ServerHandle, key: Credential, signature_checks: list[str]
+    jobs_database: str,
+    in_process_server: ServerHandle,
+    key: Credential,
+    signature_checks: list[str],
 ) -> None:
-    with serve(jobs_database, expiry_sweep_seconds=0) as other:
+    server = in_process_server
+    with serve(jobs_database, expiry_sweep_seconds=0, server="grpcio") as other:
         token = exchange(other, key.secret).access_token
     assert signature_checks == []
 

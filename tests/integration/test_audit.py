@@ -307,9 +307,9 @@ Expected = tuple[str, str | None, str, str, str, str]  # action, org, object, to
 
 
 def test_every_management_change_records_exactly_its_events_under_its_request_id(
-    deployment: Deployment, caplog: pytest.LogCaptureFixture
+    in_process: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, admin_token = deployment.server, deployment.admin_token
+    server, admin_token = in_process.server, in_process.admin_token
     admin, admin_id = bearer(admin_token), admin_token[4:20]
     start = newest_sequence(server, admin_token)
     calls = Calls(server, caplog)
@@ -388,8 +388,9 @@ def test_every_management_change_records_exactly_its_events_under_its_request_id
 
 
 def test_a_refused_call_is_recorded_with_its_reason_and_request_id_never_its_message(
-    server: ServerHandle, admin_token: str, team: Team, caplog: pytest.LogCaptureFixture
+    in_process: Deployment, admin_token: str, team: Team, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server = in_process.server  # its log lines are read here
     calls = Calls(server, caplog)
     narrow = make_org_key(server, admin_token, team.org, ["download-only"])
     denied, role_request = calls.call(
@@ -457,7 +458,7 @@ def test_a_refusal_is_answered_when_the_store_cannot_record_it(
 
     url = create_postgres_database()
     try:
-        with serve(url) as server:
+        with serve(url, server="grpcio") as server:  # its log is read here
             _allow_connections(url, False)
             began = time.monotonic()
             error = refused(
@@ -540,8 +541,9 @@ def test_an_exchange_is_recorded_with_the_key_the_jti_scopes_audience_and_expiry
 
 
 def test_an_exchange_and_a_refused_one_share_their_request_id_with_their_log_line(
-    server: ServerHandle, admin_token: str, team: Team, caplog: pytest.LogCaptureFixture
+    in_process: Deployment, admin_token: str, team: Team, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server = in_process.server  # its log lines are read here
     calls = Calls(server, caplog)
     start = newest_sequence(server, admin_token)
 

@@ -24,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authority.v1 import token_authority_pb2
+from tests.harness import TEST_SERVER
 
 BIN = Path(sys.executable).parent
 AUTHORITY, GRPCURL = BIN / "authority", BIN / "grpcurl"
@@ -72,11 +73,13 @@ class ServedProcess:
 
 
 def _environment(directory: Path, **settings: str) -> dict[str, str]:
-    """No AUTHORITY_* of ours; a SQLite file and a pepper file in `directory`, unless
+    """No AUTHORITY_* of ours but the server the suite tests (AUTHORITY_TEST_SERVER); a SQLite
+    file and a pepper file in `directory`, unless
     `settings` (AUTHORITY_<NAME>=value) say otherwise."""
     environment = {
         name: value for name, value in os.environ.items() if not name.startswith("AUTHORITY_")
     }
+    environment["AUTHORITY_SERVER"] = TEST_SERVER  # the server the suite runs against
     environment["AUTHORITY_DATABASE_URL"] = f"sqlite:///{directory / 'authority.db'}"
     environment["AUTHORITY_PEPPER_FILE"] = str(directory / "pepper")
     environment.update((f"AUTHORITY_{name.upper()}", value) for name, value in settings.items())

@@ -374,6 +374,7 @@ def _private_forms(database_url: str) -> Iterator[bytes]:
         store.dispose()
 
 
+@pytest.mark.in_process
 def test_no_private_key_in_any_answer_event_or_log_line(
     fresh: Fresh, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,15 +1,18 @@
 """The thin path answers exactly as the grpcio servicer does.
 
-One real server (tests/harness.py); the thin ASGI app is built over the same Runtime, so both
-paths share one Validator and one cache, and runs on the server's own event loop, driven by a
-fake ASGI server. The grpcio side is called through a real channel with raw bytes in and out
-(no stub), so that the answers are compared byte for byte, and statuses by code, message and
+One real grpcio server (tests/harness.py), and the thin path two ways: the ASGI app built over
+the same Runtime (both paths share one Validator and one cache), run on the server's own event
+loop and driven by a fake ASGI server; and the thin server as deployed (Envoy, the embedded
+app and grpcio behind it, `AUTHORITY_SERVER=thin`) on the same database, called over the
+wire. The grpcio side is called through a real channel with raw bytes in and out (no stub), so
+that the answers are compared byte for byte, and statuses by code, message and
 the serialized google.rpc.Status of grpc-status-details-bin.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -19,7 +22,8 @@ from google.protobuf.duration_pb2 import Duration
 from authority.api.thin import ThinGrpc, build_app, path_of
 from authority.domain.token_format import new_token
 from authority.v1 import token_authority_pb2 as pb
-from tests.harness import ManualClock, ServerHandle, bearer
+from tests.conftest import Deployment
+from tests.harness import ManualClock, ServerHandle, bearer, serve
 from tests.integration.helpers import issue, make_org
 from tests.thin_asgi import FakeClient, drive, grpc_scope, request
 
@@ -36,6 +40,7 @@ class Outcome:
 
 def thin_call(server: ServerHandle, app: ThinGrpc, method: str, messages: list[bytes]) -> Outcome:
     client = FakeClient(request(*messages))
+    assert server.loop is not None
     future = asyncio.run_coroutine_threadsafe(
         drive(app, grpc_scope(path_of(method)), client), server.loop
     )
@@ -81,11 +86,20 @@ def grpcio_stream(server: ServerHandle, method: str, messages: list[bytes]) -> O
     return Outcome(tuple(answers), 0, "", None)
 
 
-def both(server: ServerHandle, app: ThinGrpc, method: str, message: bytes) -> Outcome:
+@dataclass
+class Thin:
+    """The thin path as a test calls it: `call` a method with request messages; `advance`
+    its wall clock (the ASGI app shares the grpcio server's, the deployed server has its own)."""
+
+    call: Callable[[str, list[bytes]], Outcome]
+    advance: Callable[[float], None]
+
+
+def both(server: ServerHandle, thin: Thin, method: str, message: bytes) -> Outcome:
     """The grpcio answer first (it warms the shared cache, as production traffic would), then
     the thin one, asserted equal."""
     expected = grpcio_unary(server, method, message)
-    got = thin_call(server, app, method, [message])
+    got = thin.call(method, [message])
     assert got == expected
     return got
 
@@ -98,9 +112,43 @@ class Tokens:
     with_properties: str
 
 
-@pytest.fixture
-def thin(server: ServerHandle) -> ThinGrpc:
-    return build_app(server.running.application.runtime)
+@pytest.fixture(scope="module")
+def server(deployment: Deployment) -> Iterator[ServerHandle]:
+    """A grpcio server in this process (whatever AUTHORITY_TEST_SERVER says): the thin app
+    runs on its loop, over its Runtime."""
+    with serve(deployment.database_url, server="grpcio") as grpcio:
+        yield grpcio
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment: Deployment) -> Iterator[ServerHandle]:
+    """The thin server as `authority serve --server thin` runs it, on the same database."""
+    with serve(deployment.database_url, server="thin") as thin:
+        yield thin
+
+
+@pytest.fixture(params=["asgi", "deployed"])
+def thin(request: pytest.FixtureRequest, server: ServerHandle) -> Iterator[Thin]:
+    if request.param == "asgi":
+        app = build_app(server.running.application.runtime)
+        yield Thin(lambda method, messages: thin_call(server, app, method, messages), _unmoved)
+        return
+    deployed: ServerHandle = request.getfixturevalue("deployed")
+    start = deployed.clock()
+    deployed.clock.set(server.clock())  # expiries computed alike (RefreshToken's)
+
+    def call(method: str, messages: list[bytes]) -> Outcome:
+        if method == "ValidateStream":
+            return grpcio_stream(deployed, method, messages)
+        assert len(messages) == 1
+        return grpcio_unary(deployed, method, messages[0])
+
+    yield Thin(call, deployed.clock.advance)
+    deployed.clock.set(start)
+
+
+def _unmoved(seconds: float) -> None:
+    """The ASGI app runs over the grpcio server's Runtime: the test moved that clock."""
 
 
 @pytest.fixture
@@ -142,7 +190,7 @@ def validate_requests(tokens: Tokens) -> dict[str, pb.ValidateRequest]:
 
 
 def test_validate_answers_and_refusals_are_byte_identical(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
+    server: ServerHandle, thin: Thin, tokens: Tokens
 ) -> None:
     for name, message in validate_requests(tokens).items():
         outcome = both(server, thin, "Validate", message.SerializeToString())
@@ -154,7 +202,7 @@ def test_validate_answers_and_refusals_are_byte_identical(
 
 
 def test_validate_on_a_cold_cache_matches_too(
-    server: ServerHandle, admin_token: str, thin: ThinGrpc
+    server: ServerHandle, admin_token: str, thin: Thin
 ) -> None:
     """The thin path reads the store first (validate_missed), the grpcio one hits the cache."""
     org = make_org(server, admin_token, "thin-cold")
@@ -162,23 +210,24 @@ def test_validate_on_a_cold_cache_matches_too(
     message = pb.ValidateRequest(
         token=secret, permission="download", request_id="c"
     ).SerializeToString()
-    first = thin_call(server, thin, "Validate", [message])
+    first = thin.call("Validate", [message])
     assert first == grpcio_unary(server, "Validate", message)
     assert pb.ValidateResponse.FromString(first.answers[0]).valid
 
 
 def test_an_expired_token_is_refused_alike(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens, clock: ManualClock
+    server: ServerHandle, thin: Thin, tokens: Tokens, clock: ManualClock
 ) -> None:
     message = pb.ValidateRequest(token=tokens.expiring, permission="download").SerializeToString()
     assert both(server, thin, "Validate", message).code == 0
     clock.advance(3600)
+    thin.advance(3600)
     outcome = both(server, thin, "Validate", message)
     assert pb.ValidateResponse.FromString(outcome.answers[0]).reason == pb.REASON_EXPIRED
 
 
 def test_an_answer_with_properties_is_the_same_message(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
+    server: ServerHandle, thin: Thin, tokens: Tokens
 ) -> None:
     """Equal as messages, not byte for byte: grpcio's path parses the rendered answer and
     serializes it again, which moves request_id (field 8) before the properties (field 9)
@@ -187,7 +236,7 @@ def test_an_answer_with_properties_is_the_same_message(
         token=tokens.with_properties, permission="download", request_id="p"
     ).SerializeToString()
     expected = grpcio_unary(server, "Validate", message)
-    got = thin_call(server, thin, "Validate", [message])
+    got = thin.call("Validate", [message])
     assert (got.code, got.message, got.details) == (
         expected.code,
         expected.message,
@@ -198,9 +247,7 @@ def test_an_answer_with_properties_is_the_same_message(
     )
 
 
-def test_validate_batch_is_byte_identical(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
-) -> None:
+def test_validate_batch_is_byte_identical(server: ServerHandle, thin: Thin, tokens: Tokens) -> None:
     requests = [
         message for name, message in validate_requests(tokens).items() if "too long" not in name
     ]
@@ -210,9 +257,7 @@ def test_validate_batch_is_byte_identical(
     assert both(server, thin, "ValidateBatch", b"").answers == (b"",)
 
 
-def test_validate_batch_refusals_match(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
-) -> None:
+def test_validate_batch_refusals_match(server: ServerHandle, thin: Thin, tokens: Tokens) -> None:
     limit = server.running.application.runtime.batch_max
     oversized = pb.ValidateBatchRequest(
         requests=[pb.ValidateRequest(token=tokens.valid)] * (limit + 1)
@@ -232,7 +277,7 @@ def test_validate_batch_refusals_match(
 
 
 def test_validate_stream_is_byte_identical_for_cached_tokens(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
+    server: ServerHandle, thin: Thin, tokens: Tokens
 ) -> None:
     requests = [
         pb.ValidateRequest(
@@ -244,19 +289,21 @@ def test_validate_stream_is_byte_identical_for_cached_tokens(
     expected = grpcio_stream(server, "ValidateStream", requests)  # also warms the cache
     expected = grpcio_stream(server, "ValidateStream", requests)
     assert expected.code == 0
-    assert thin_call(server, thin, "ValidateStream", requests) == expected
+    thin.call("ValidateStream", requests)  # the deployed server's cache: misses may reorder
+    assert thin.call("ValidateStream", requests) == expected
 
 
 def test_validate_stream_refusal_mid_stream_matches(
-    server: ServerHandle, thin: ThinGrpc, tokens: Tokens
+    server: ServerHandle, thin: Thin, tokens: Tokens
 ) -> None:
     good = pb.ValidateRequest(token=tokens.valid, permission="download", request_id="g")
     bad = pb.ValidateRequest(token=tokens.valid, request_id="b" * 300)
     requests = [good.SerializeToString(), bad.SerializeToString(), good.SerializeToString()]
     grpcio_stream(server, "ValidateStream", requests[:1])  # warm
+    thin.call("ValidateStream", requests[:1])
     expected = grpcio_stream(server, "ValidateStream", requests)
     assert expected.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    got = thin_call(server, thin, "ValidateStream", requests)
+    got = thin.call("ValidateStream", requests)
     assert (got.code, got.message, got.details) == (
         expected.code,
         expected.message,
@@ -268,7 +315,7 @@ def test_validate_stream_refusal_mid_stream_matches(
     assert len(got.answers) == 1
 
 
-def test_refresh_token_refusals_match(server: ServerHandle, thin: ThinGrpc) -> None:
+def test_refresh_token_refusals_match(server: ServerHandle, thin: Thin) -> None:
     for value in ["", "not.a.jwt", "eyJhbGciOiJFZERTQSJ9.e30.c2ln", new_token().value]:
         message = pb.RefreshTokenRequest(access_token=value).SerializeToString()
         outcome = both(server, thin, "RefreshToken", message)
@@ -276,9 +323,7 @@ def test_refresh_token_refusals_match(server: ServerHandle, thin: ThinGrpc) -> N
         assert outcome.details
 
 
-def test_refresh_token_answers_alike(
-    server: ServerHandle, admin_token: str, thin: ThinGrpc
-) -> None:
+def test_refresh_token_answers_alike(server: ServerHandle, admin_token: str, thin: Thin) -> None:
     """Each refresh signs a new token (a new jti), so the two answers differ in the token and
     its id; everything else (expiry, refresh limit, the claims but jti) is the same."""
     org = make_org(server, admin_token, "thin-refresh")
@@ -286,7 +331,7 @@ def test_refresh_token_answers_alike(
     exchanged = server.tokens.ExchangeKey(pb.ExchangeKeyRequest(key=key, scopes=["download"]))
     message = pb.RefreshTokenRequest(access_token=exchanged.access_token).SerializeToString()
     expected = grpcio_unary(server, "RefreshToken", message)
-    got = thin_call(server, thin, "RefreshToken", [message])
+    got = thin.call("RefreshToken", [message])
     assert (got.code, expected.code) == (0, 0)
     mine = pb.RefreshTokenResponse.FromString(got.answers[0])
     theirs = pb.RefreshTokenResponse.FromString(expected.answers[0])
@@ -299,11 +344,11 @@ def test_refresh_token_answers_alike(
     assert pb.ValidateResponse.FromString(outcome.answers[0]).valid
 
 
-def test_bytes_that_are_not_a_message(server: ServerHandle, thin: ThinGrpc) -> None:
+def test_bytes_that_are_not_a_message(server: ServerHandle, thin: Thin) -> None:
     """Not the same, by design: grpcio answers UNKNOWN with the parser's words; the thin path
     INTERNAL (what gRPC's other implementations answer), quoting nothing of the request."""
     garbage = b"\x0a\xff\xff\xff\xff\x0f"
-    got = thin_call(server, thin, "Validate", [garbage])
+    got = thin.call("Validate", [garbage])
     assert got.code == grpc.StatusCode.INTERNAL.value[0]
     assert got.message == "the request message could not be parsed"
     expected = grpcio_unary(server, "Validate", garbage)

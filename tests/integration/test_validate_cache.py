@@ -345,7 +345,9 @@ def test_with_the_feed_off_a_revoke_elsewhere_is_seen_once_the_entry_is_past_max
 def test_entries_outlive_the_bound_while_the_feed_confirms_them_and_not_once_it_is_silent(
     deployment: Deployment, auth: Metadata, admin_token: str
 ) -> None:
-    with serve(deployment.database_url, cache_max_staleness_seconds=30.0) as here:
+    # In this process: the test stops the server's feed and watches its validator.
+    with serve(deployment.database_url, cache_max_staleness_seconds=30.0, server="grpcio") as here:
+        assert here.loop is not None
         org = make_org(here, admin_token)
         issued = issue(here, auth, org, scopes=["download-only"])
         assert validate(here, issued.secret, "download").valid  # cached here

@@ -69,6 +69,25 @@ class ScopeMissing(errors.PermissionDenied):
 MAX_MESSAGE = 1000
 
 
+# The caller's address as the thin server's Envoy saw it (thin_server.PEER_HEADER, which Envoy
+# overwrites on every request): grpcio behind Envoy sees only its private unix socket.
+PEER_HEADER = "x-authority-peer"
+
+
+def peer_of(context: Context) -> str:
+    """The caller's address, as grpcio gives it (`ipv4:10.0.0.7:51234`). Behind the thin
+    server's Envoy, grpcio's own peer is the private unix socket; only then is Envoy's header
+    trusted (a caller reaching grpcio directly on a port cannot set it)."""
+    peer = context.peer()
+    if not peer.startswith("unix:"):
+        return peer
+    for key, value in context.invocation_metadata() or ():
+        if key == PEER_HEADER and isinstance(value, str) and 0 < len(value) <= 64:
+            # Envoy writes 10.0.0.7:51234 or [::1]:51234.
+            return f"ipv6:{value}" if value.startswith("[") else f"ipv4:{value}"
+    return peer
+
+
 def code_of(error: errors.AuthorityError) -> grpc.StatusCode:
     """The status code of a domain error: that of its nearest mapped class."""
     for cls in type(error).__mro__:
@@ -208,7 +227,7 @@ async def refuse(
     **fields: object,
 ) -> NoReturn:
     """End a failed management call: record the refusal in the audit trail, then `fail`."""
-    refusal = refusal_of(method, error, caller, context.peer(), request_id)
+    refusal = refusal_of(method, error, caller, peer_of(context), request_id)
     if refusal is not None:
         await servicer.runtime.record_refusal(refusal)
     token_id = caller.token_id if caller is not None else ""

@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
-from authority.api.errors import ScopeMissing
+from authority.api.errors import ScopeMissing, peer_of
 from authority.cache.feed import EventListener
 from authority.cache.validator import Validator
 from authority.domain.access import caller_from_entry
@@ -117,7 +117,7 @@ class Runtime:
         if verdict.reason is Reason.PERMISSION_DENIED and verdict.entry is not None:
             raise ScopeMissing(
                 f"the bearer token's scopes do not allow {permission}",
-                caller_from_entry(verdict.entry, context.peer(), request_id),
+                caller_from_entry(verdict.entry, peer_of(context), request_id),
             )
         if verdict.reason is Reason.PERMISSION_DENIED:
             raise PermissionDenied(
@@ -128,7 +128,7 @@ class Runtime:
                 verdict.reason, ("the bearer token is not valid", ErrorReason.TOKEN_UNKNOWN)
             )
             raise Unauthenticated(message, reason)
-        return caller_from_entry(verdict.entry, context.peer(), request_id)
+        return caller_from_entry(verdict.entry, peer_of(context), request_id)
 
     async def record_refusal(self, refusal: Refusal) -> None:
         """Put a refused management call in the audit trail, in a unit of work of its own,

@@ -16,6 +16,7 @@ from authority.api.errors import (
     keyed,
     log_call,
     management,
+    peer_of,
     permission_of,
     public,
     refusal_of,
@@ -215,7 +216,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         exchange is put in the audit trail before it is answered; a refusal like a refused
         management call's (by the key once it is known, within its organisation's allowance)."""
         runtime = self.runtime
-        peer = context.peer()
+        peer = peer_of(context)
         holder: KeyHolder | None = None
         try:
             ttl = (

@@ -210,7 +210,9 @@ def _read_head(scope: Scope) -> _Head:
         try:
             timeout = parse_timeout(headers[b"grpc-timeout"])
         except ValueError:
-            raise GrpcError(Code.INVALID_ARGUMENT, "malformed grpc-timeout") from None
+            # INTERNAL, as grpcio, C-core and grpc-go answer it (a library never says
+            # INVALID_ARGUMENT: that is the application's).
+            raise GrpcError(Code.INTERNAL, "malformed grpc-timeout") from None
     encoding = headers.get(b"grpc-encoding", b"identity")
     if encoding not in (b"identity", b"gzip"):
         # The value is not quoted: it is the caller's bytes.

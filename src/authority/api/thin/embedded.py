@@ -1,0 +1,105 @@
+"""The ASGI app Envoy (pyvoy) runs in its own embedded interpreter: `AUTHORITY_SERVER=thin`.
+
+Its lifespan builds the whole server, as `authority serve` does on grpcio: the object graph
+(settings from the AUTHORITY_* environment the supervisor passed, thin_server.py), the change
+feed and the background work, and the grpcio server with every service, listening on the
+private unix socket Envoy sends the non-hot methods to. The hot methods Envoy routes here are
+served by the thin layer over the same Runtime, so both paths share one Validator and cache.
+
+pyvoy loads a module attribute and has no app factory; what the lifespan builds is kept in the
+ASGI lifespan state (copied into every request's scope), so this module holds nothing mutable:
+`app` is a closure over the function that builds the graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from authority import logs
+from authority.api.thin import build_app
+from authority.api.thin._grpc import AsgiApp, Receive, Scope, Send, ThinGrpc
+from authority.server import Application, RunningServer, build_application, start_server
+from authority.settings import Settings
+
+log = logging.getLogger("authority.server")
+
+# The supervisor's private socket for the grpcio server (in a directory only this user reads).
+SOCKET_ENV = "AUTHORITY_THIN_GRPCIO_SOCKET"
+# The supervisor's pid: Envoy stops itself when that process is gone (killed without the chance
+# to stop it), instead of serving on alone.
+SUPERVISOR_ENV = "AUTHORITY_THIN_SUPERVISOR"
+_STATE_KEY = "authority.thin"
+ORPHAN_CHECK_SECONDS = 0.5
+
+
+def embedded_app(build: Callable[[Settings], Application]) -> AsgiApp:
+    """The ASGI app over the object graph `build` makes (the tests' passes their clocks)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            thin: ThinGrpc = scope["state"][_STATE_KEY]
+            await thin(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(build, scope, receive, send)
+
+    return app
+
+
+async def _lifespan(
+    build: Callable[[Settings], Application], scope: Scope, receive: Receive, send: Send
+) -> None:
+    event = await receive()
+    if event["type"] != "lifespan.startup":
+        return
+    settings = Settings.from_env()
+    stop_logging = logs.configure(settings.log_level)
+    running: RunningServer | None = None
+    try:
+        application = build(settings)
+        # Before grpcio starts: once it answers health, Envoy may send the hot methods here.
+        scope["state"][_STATE_KEY] = build_app(application.runtime)
+        running = await start_server(application, listen=f"unix:{os.environ[SOCKET_ENV]}")
+    except Exception as error:
+        # The supervisor checked the settings, pepper and database before starting Envoy;
+        # what fails here is logged by class (a driver's message may quote parameters).
+        log.error("the thin server could not start (%s)", type(error).__name__)
+        if running is not None:
+            await running.stop(grace=0)
+        await send({"type": "lifespan.startup.failed", "message": type(error).__name__})
+        stop_logging()
+        return
+    await send({"type": "lifespan.startup.complete"})
+    watch = asyncio.create_task(_stop_when_orphaned(int(os.environ.get(SUPERVISOR_ENV, "0"))))
+    try:
+        await receive()  # lifespan.shutdown: Envoy is stopping
+    finally:
+        watch.cancel()
+        # The supervisor drained the listener before it stopped Envoy: what is still in
+        # flight on grpcio gets a short grace.
+        with contextlib.suppress(Exception):
+            await running.stop(grace=1.0)
+        with contextlib.suppress(Exception):
+            await send({"type": "lifespan.shutdown.complete"})
+        stop_logging()
+
+
+async def _stop_when_orphaned(supervisor: int) -> None:
+    """SIGTERM to this process (Envoy's) once the supervisor is no longer its parent."""
+    if supervisor <= 0:
+        return
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent's death sets no event
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+    log.error("the supervising process is gone; stopping", extra={"parent": supervisor})
+    # Its private directory too, which it can no longer remove.
+    shutil.rmtree(Path(os.environ[SOCKET_ENV]).parent, ignore_errors=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+app = embedded_app(build_application)
