@@ -23,7 +23,7 @@ CLUSTER_DATABASE ?= authority
 CLUSTER_PORTS    ?= 50051 50052 50053
 CLUSTER_TOKEN_FILE := $(VAR)/cluster-admin-token
 
-.PHONY: all install generate migrate run run-cluster test lint typecheck unit integration bench clean
+.PHONY: all install generate migrate run run-cluster test test-thin lint typecheck unit integration bench clean
 
 all: generate
 
@@ -106,8 +106,19 @@ typecheck: generate
 unit: generate
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
+# The tests of the hot methods and of what a caller sees, again against the thin server
+# (AUTHORITY_SERVER=thin), on SQLite; `make test-thin` runs every integration test against it
+# (about 8 minutes here). The thin server's own tests (test_thin_*) run in both.
+THIN_TESTS := $(addprefix tests/integration/test_,smoke.py validate_batch_stream.py \
+  validate_cache.py access_tokens.py tokens_api.py grpcurl.py readme.py hostile_input.py \
+  watch_events.py client_exchange.py offline_verifier.py)
+
 test: lint typecheck
 	$(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
+	AUTHORITY_TEST_SERVER=thin $(BIN)/pytest -n 2 -q -m "not postgres" $(THIN_TESTS) $(PYTEST_ARGS)
+
+test-thin: lint typecheck
+	AUTHORITY_TEST_SERVER=thin $(BIN)/pytest -n 2 -q tests/integration $(PYTEST_ARGS)
 
 bench: generate
 	$(PY) -m bench $(BENCH_ARGS)

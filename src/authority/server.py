@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from authority.api.admin import AdminServicer
 from authority.api.runtime import Runtime
 from authority.api.token_authority import TokenAuthorityServicer
+from authority.api.token_authority import add_to_server as add_token_authority
 from authority.cache.feed import ChangeFeed
 from authority.cache.validator import CacheConfig, Monotonic, Validator
 from authority.domain.access import Access
@@ -44,7 +45,7 @@ from authority.domain.watch import EventWatch
 from authority.settings import Settings, SettingsError
 from authority.store.database import create_engines, is_sqlite, libpq_url
 from authority.store.repository import SqlStore
-from authority.v1 import admin_pb2, admin_pb2_grpc, token_authority_pb2, token_authority_pb2_grpc
+from authority.v1 import admin_pb2, admin_pb2_grpc, token_authority_pb2
 
 log = logging.getLogger("authority.server")
 
@@ -218,9 +219,7 @@ async def start_server(application: Application, listen: str | None = None) -> R
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    token_authority_pb2_grpc.add_TokenAuthorityServicer_to_server(
-        TokenAuthorityServicer(application.runtime), server
-    )
+    add_token_authority(TokenAuthorityServicer(application.runtime), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(application.runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

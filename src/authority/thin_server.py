@@ -17,7 +17,6 @@ configuration, starts Envoy, waits for it to serve, and on SIGINT/SIGTERM drains
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import http.client
 import json
@@ -42,6 +41,7 @@ from authority.api.errors import PEER_HEADER
 from authority.api.thin import HOT_METHODS, path_of
 from authority.api.thin.embedded import SOCKET_ENV, SUPERVISOR_ENV
 from authority.settings import Settings, SettingsError
+from authority.workers import worker_environment
 
 log = logging.getLogger("authority.server")
 
@@ -284,14 +284,11 @@ def _admin(private: Path, method: str, target: str) -> str:
 
 
 def environment(settings: Settings, private: Path) -> dict[str, str]:
-    """Envoy's environment: ours, what pyvoy needs to embed this interpreter, and every
-    setting (CLI flags included) as AUTHORITY_*, for the embedded app's Settings.from_env."""
+    """Envoy's environment: ours with every setting as resolved here (CLI flags included),
+    for the embedded app's Settings.from_env, and what pyvoy needs to embed this interpreter."""
     from pyvoy._server import get_envoy_environ  # pinned: pyvoy==1.3.* (pyproject)
 
-    env = {**os.environ, **get_envoy_environ()}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        env[f"AUTHORITY_{field.name.upper()}"] = str(value)
+    env = {**worker_environment(settings), **get_envoy_environ()}
     env[SOCKET_ENV] = str(private / "grpcio.sock")
     env[SUPERVISOR_ENV] = str(os.getpid())
     return env

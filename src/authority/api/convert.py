@@ -179,28 +179,16 @@ def rendered_verdict(result: Verdict, request_id: str) -> bytes:
     return body + _REQUEST_ID_TAG + _varint(len(raw)) + raw
 
 
-def verdict(result: Verdict, request_id: str) -> token_authority_pb2.ValidateResponse:
-    """The Validate answer message."""
-    return token_authority_pb2.ValidateResponse.FromString(rendered_verdict(result, request_id))
-
-
 def rendered_batch(
     verdicts: Sequence[Verdict], requests: Sequence[token_authority_pb2.ValidateRequest]
 ) -> bytes:
     """A serialized ValidateBatchResponse: one answer per request, in order, joined from the
-    rendered answers (the thin path sends it as it is)."""
+    rendered answers (both servers send it as it is)."""
     parts: list[bytes] = []
     for result, request in zip(verdicts, requests, strict=True):
         body = rendered_verdict(result, request.request_id)
         parts += (_RESULT_TAG, _varint(len(body)), body)
     return b"".join(parts)
-
-
-def batch(
-    verdicts: Sequence[Verdict], requests: Sequence[token_authority_pb2.ValidateRequest]
-) -> token_authority_pb2.ValidateBatchResponse:
-    """The rendered batch parsed into a message in one C call (what grpcio serializes)."""
-    return token_authority_pb2.ValidateBatchResponse.FromString(rendered_batch(verdicts, requests))
 
 
 _TOKEN_EVENT_KINDS = {

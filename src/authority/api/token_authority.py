@@ -7,6 +7,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import grpc
 
 from authority.api import convert, watch
 from authority.api.errors import (
@@ -72,25 +75,29 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         issued = await self.runtime.run(self.runtime.tokens.issue_token, caller, command)
         return pb.IssueTokenResponse(token=convert.token(issued.record), secret=issued.secret)
 
+    # The Validate methods answer serialized messages (the rendered answers, as the thin path
+    # sends them: byte for byte the same on both servers), sent as they are (add_to_server).
     @public(SERVICE)
-    async def Validate(self, request: pb.ValidateRequest, context: Context) -> pb.ValidateResponse:
+    async def Validate(  # type: ignore[override]
+        self, request: pb.ValidateRequest, context: Context
+    ) -> bytes:
         validator = self.runtime.validator
         verdict = validator.validate_now(request.token, request.permission)
         if verdict is None:
             verdict = await validator.validate_missed(request.token, request.permission)
-        return convert.verdict(verdict, request.request_id)
+        return convert.rendered_verdict(verdict, request.request_id)
 
     @public(SERVICE)
-    async def ValidateBatch(
+    async def ValidateBatch(  # type: ignore[override]
         self, request: pb.ValidateBatchRequest, context: Context
-    ) -> pb.ValidateBatchResponse:
+    ) -> bytes:
         check_batch_size(len(request.requests), self.runtime.batch_max)
         verdicts = await self.runtime.validator.validate_batch(request.requests)
-        return convert.batch(verdicts, request.requests)
+        return convert.rendered_batch(verdicts, request.requests)
 
-    async def ValidateStream(
+    async def ValidateStream(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.ValidateRequest], context: Context
-    ) -> AsyncIterator[pb.ValidateResponse]:
+    ) -> AsyncIterator[bytes]:
         """Answers as soon as each is known: cached tokens at once, store reads when done.
 
         Answers to tokens that need a store read may overtake earlier ones, so a caller
@@ -99,15 +106,13 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
         started = time.perf_counter()
         method = SERVICE.methods_by_name["ValidateStream"].full_name
         validator = self.runtime.validator
-        answers: asyncio.Queue[pb.ValidateResponse | BaseException | None] = asyncio.Queue(
-            maxsize=STREAM_BUFFER
-        )
+        answers: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
         reads: set[asyncio.Task[None]] = set()
         count = 0
 
         async def read_then_answer(item: pb.ValidateRequest) -> None:
             verdict = await validator.validate_missed(item.token, item.permission)
-            await answers.put(convert.verdict(verdict, item.request_id))
+            await answers.put(convert.rendered_verdict(verdict, item.request_id))
 
         async def pump() -> None:
             nonlocal count
@@ -117,7 +122,7 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
                     check_request_id(item.request_id)  # before a read could swallow it
                     verdict = validator.validate_now(item.token, item.permission)
                     if verdict is not None:
-                        await answers.put(convert.verdict(verdict, item.request_id))
+                        await answers.put(convert.rendered_verdict(verdict, item.request_id))
                     else:
                         task = asyncio.create_task(read_then_answer(item))
                         reads.add(task)
@@ -253,3 +258,36 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
         check_ping_payload(request.payload)
         return pb.PingResponse(payload=request.payload)
+
+
+# The methods whose servicer answers bytes: sent as they are, not serialized again.
+AS_IS = frozenset({"Validate", "ValidateBatch", "ValidateStream"})
+
+
+def add_to_server(servicer: TokenAuthorityServicer, server: grpc.aio.Server) -> None:
+    """As the generated add_TokenAuthorityServicer_to_server, but the AS_IS methods' answers
+    go out as the servicer made them."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        request = getattr(pb, method.input_type.name)
+        response = getattr(pb, method.output_type.name)
+        serialize = _as_is if method.name in AS_IS else response.SerializeToString
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _as_is(answer: bytes) -> bytes:
+    return answer

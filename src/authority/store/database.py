@@ -8,10 +8,10 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect, pool, text
 from sqlalchemy.engine import make_url
 
@@ -86,6 +86,10 @@ def _sqlite_engine(url: str, pool_size: int, begin: str | None) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
+    # Imported here: alembic costs a third of a second to import, and a server process that
+    # is not migrating (every thin server's Envoy, every worker) never needs it.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
@@ -99,6 +103,8 @@ def migrate(url: str) -> None:
     runs under a lock, so that one process migrates and the others, once they get the lock,
     find the schema at head and do nothing.
     """
+    from alembic import command
+
     with _migration_lock(url):
         command.upgrade(alembic_config(url), "head")
 
