@@ -350,6 +350,15 @@ class ThinServer:
         self.port = 0
 
     def start(self, *, reuse_port: bool = False) -> None:
+        """Start Envoy and return once health answers SERVING through the port; on failure
+        nothing is left running or on disk."""
+        try:
+            self._start(reuse_port)
+        except BaseException:
+            self.stop(0)
+            raise
+
+    def _start(self, reuse_port: bool) -> None:
         settings = self._settings
         host, port = _split(settings.listen)
         if not reuse_port:
@@ -394,7 +403,6 @@ class ThinServer:
             if port and _serving(host, port):
                 return port
             time.sleep(POLL)
-        self.stop(0)
         raise SettingsError(f"the thin server did not start within {START_TIMEOUT:.0f}s")
 
     def _bound_port(self) -> int:
@@ -414,14 +422,6 @@ class ThinServer:
     @property
     def pid(self) -> int:
         return self._process.pid if self._process is not None else 0
-
-    def wait(self, timeout: float) -> int | None:
-        if self._process is None:
-            return 0
-        try:
-            return self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Drain: close the listener and send GOAWAY (calls in flight go on), wait up to

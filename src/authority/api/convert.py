@@ -170,7 +170,9 @@ def rendered_verdict(result: Verdict, request_id: str) -> bytes:
                 scopes=entry.scopes,
                 expires_at=timestamp(entry.expires_at) if entry.expires_at else None,
                 properties=entry.properties,
-            ).SerializeToString()
+                # Map entries in key order: the same bytes from every process (both servers,
+                # every replica), not in each one's own hash order.
+            ).SerializeToString(deterministic=True)
         body = cached
     if not request_id:
         return body
