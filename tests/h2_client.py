@@ -265,17 +265,14 @@ class H2Client:
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, ResponseReceived):
+            if isinstance(event, ResponseReceived | TrailersReceived):
                 assert event.stream_id is not None and event.headers is not None
                 block = [(_text(k), _text(v)) for k, v in event.headers]
                 response = self.responses[event.stream_id]
-                response.headers = dict(block)
-                response.header_blocks.append(block)
-            elif isinstance(event, TrailersReceived):
-                assert event.stream_id is not None and event.headers is not None
-                block = [(_text(k), _text(v)) for k, v in event.headers]
-                response = self.responses[event.stream_id]
-                response.trailers = dict(block)
+                if isinstance(event, ResponseReceived):
+                    response.headers = dict(block)
+                else:
+                    response.trailers = dict(block)
                 response.header_blocks.append(block)
             elif isinstance(event, DataReceived):
                 assert event.stream_id is not None and event.data is not None

@@ -246,6 +246,24 @@ def serve(database_url: str, **overrides: object) -> Iterator[ServerHandle]:
     thread.start()
     application = build_application(settings, clock=clock, monotonic=monotonic)
     running = asyncio.run_coroutine_threadsafe(start_server(application), loop).result(10)
+    try:
+        with _handle(running, loop, clock, monotonic) as handle:
+            yield handle
+    finally:
+        asyncio.run_coroutine_threadsafe(running.stop(grace=0.5), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@contextmanager
+def _handle(
+    running: RunningServer | ThinRunning,
+    loop: asyncio.AbstractEventLoop | None,
+    clock: ManualClock,
+    monotonic: ManualMonotonic,
+) -> Iterator[ServerHandle]:
+    """The handle of a started server, with a channel to it (closed afterwards)."""
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield ServerHandle(
@@ -259,10 +277,6 @@ def serve(database_url: str, **overrides: object) -> Iterator[ServerHandle]:
         )
     finally:
         channel.close()
-        asyncio.run_coroutine_threadsafe(running.stop(grace=0.5), loop).result(15)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 # What tests/thin_embedded.py reads: the files the test's clocks are shared through.
@@ -287,19 +301,10 @@ def _serve_thin(settings: Settings) -> Iterator[ServerHandle]:
     )
     server.start()
     running = ThinRunning(server, settings)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        yield ServerHandle(
-            running=running,
-            loop=None,
-            clock=clock,
-            monotonic=monotonic,
-            channel=channel,
-            tokens=token_authority_pb2_grpc.TokenAuthorityStub(channel),
-            admin=admin_pb2_grpc.AdminStub(channel),
-        )
+        with _handle(running, None, clock, monotonic) as handle:
+            yield handle
     finally:
-        channel.close()
         running.close()
         server.stop(grace=0.5)
         shutil.rmtree(directory, ignore_errors=True)
