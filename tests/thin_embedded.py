@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from authority.api.thin.embedded import embedded_app
 from authority.server import Application, build_application
 from authority.settings import Settings
+from authority.thin_app import embedded_app
 from tests.harness import CLOCK_FILE_ENV, MONOTONIC_FILE_ENV, SharedClock, SharedMonotonic
 
 

@@ -39,13 +39,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authority.api.errors import PEER_HEADER
 from authority.api.thin import HOT_METHODS, path_of
-from authority.api.thin.embedded import SOCKET_ENV, SUPERVISOR_ENV
 from authority.settings import Settings, SettingsError
+from authority.thin_app import SOCKET_ENV, SUPERVISOR_ENV
 from authority.workers import worker_environment
 
 log = logging.getLogger("authority.server")
 
-APP: Final = "authority.api.thin.embedded:app"
+APP: Final = "authority.thin_app:app"
 # Per-stream HTTP/2 window: what a stream's sender may have in flight before it must wait
 # for the reader; the thin layer reads ahead at most READ_AHEAD past it (back-pressure). With
 # Envoy's default buffer limit (1 MiB a stream), a caller that never reads holds about that

@@ -36,7 +36,7 @@ def test_only_the_hot_methods_reach_the_embedded_app_and_it_is_started_once() ->
     assert path_of("Ping") not in paths and "/authority.v1.Admin/CreateOrganization" not in paths
     embedded = matchers[0]["on_match"]["action"]["typed_config"]["typed_config"]
     app = json.loads(embedded["typed_config"]["filter_config"]["value"])
-    assert app["app"] == "authority.api.thin.embedded:app" and app["lifespan"] is True
+    assert app["app"] == "authority.thin_app:app" and app["lifespan"] is True
 
 
 def test_every_other_path_goes_to_grpcio_on_the_private_socket_with_no_envoy_timeout() -> None:

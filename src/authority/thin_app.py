@@ -1,4 +1,4 @@
-"""The ASGI app Envoy (pyvoy) runs in its own embedded interpreter: `AUTHORITY_SERVER=thin`.
+"""Wiring for `AUTHORITY_SERVER=thin`: the ASGI app Envoy (pyvoy) runs in its embedded interpreter.
 
 Its lifespan builds the whole server, as `authority serve` does on grpcio: the object graph
 (settings from the AUTHORITY_* environment the supervisor passed, thin_server.py), the change
