@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,7 @@ SOCKET_ENV = "AUTHORITY_THIN_GRPCIO_SOCKET"
 SUPERVISOR_ENV = "AUTHORITY_THIN_SUPERVISOR"
 _STATE_KEY = "authority.thin"
 ORPHAN_CHECK_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def embedded_app(build: Callable[[Settings], Application]) -> AsgiApp:
@@ -76,11 +79,17 @@ async def _lifespan(
         stop_logging()
         return
     await send({"type": "lifespan.startup.complete"})
-    watch = asyncio.create_task(_stop_when_orphaned(int(os.environ.get(SUPERVISOR_ENV, "0"))))
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
+    _die_with(supervisor)
+    watch = asyncio.create_task(_stop_when_orphaned(supervisor))
     try:
         await receive()  # lifespan.shutdown: Envoy is stopping
     finally:
         watch.cancel()
+        if supervisor > 0 and os.getppid() != supervisor:
+            # Orphaned: the supervisor can no longer remove its private directory (best
+            # effort: Envoy may exit before this runs, leaving two sockets in it).
+            shutil.rmtree(Path(os.environ[SOCKET_ENV]).parent, ignore_errors=True)
         # The supervisor drained the listener before it stopped Envoy: what is still in
         # flight on grpcio gets a short grace.
         with contextlib.suppress(Exception):
@@ -90,15 +99,27 @@ async def _lifespan(
         stop_logging()
 
 
+def _die_with(supervisor: int) -> None:
+    """Envoy gets SIGTERM the moment the supervisor dies (Linux's parent-death signal, set
+    here in Envoy's process: no code runs between fork and exec), as a crash would stop a
+    grpcio server: a replacement started at once finds the port free."""
+    if supervisor <= 0 or sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def _stop_when_orphaned(supervisor: int) -> None:
-    """SIGTERM to this process (Envoy's) once the supervisor is no longer its parent."""
+    """Where there is no parent-death signal: SIGTERM to this process (Envoy's) once the
+    supervisor is no longer its parent, checked twice a second."""
     if supervisor <= 0:
         return
     while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent's death sets no event
         await asyncio.sleep(ORPHAN_CHECK_SECONDS)
     log.error("the supervising process is gone; stopping", extra={"parent": supervisor})
-    # Its private directory too, which it can no longer remove.
-    shutil.rmtree(Path(os.environ[SOCKET_ENV]).parent, ignore_errors=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -130,10 +130,13 @@ def test_sigterm_drains_a_stream_in_flight_refuses_new_connections_and_leaves_no
     assert eventually(lambda: not envoy.is_running(), 5)
 
 
-def test_envoy_stops_when_its_supervisor_is_killed(tmp_path: Path) -> None:
+def test_envoy_stops_at_once_when_its_supervisor_is_killed(tmp_path: Path) -> None:
+    """As a crash stops a grpcio server: the port is free for a replacement at once (a
+    restarted replica must not find the old one still answering from its cache)."""
     with served_process(tmp_path, "--server", "thin") as served:
         envoy = envoy_of(served)
         served.process.kill()
+        assert eventually(lambda: not _accepts(served.address), 0.5)
         assert eventually(lambda: not envoy.is_running() or envoy.status() == "zombie", 5)
 
 
