@@ -141,6 +141,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             _check_pepper(settings)
             return workers.supervise(settings)
         if settings.server == "thin":
+            # Here, so that a wrong pepper is this one line, not Envoy's app failing to start.
+            _check_pepper(settings)
             return serve_thin(settings)
         run_loop(serve(settings), settings.event_loop)
         return 0
@@ -224,8 +226,9 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check_pepper(settings: Settings) -> None:
-    """Once, before workers start: creates the pepper file if there is none (workers racing
-    to create it would read each other's half-written file) and refuses a wrong one."""
+    """Once, before workers or the thin server's Envoy start: creates the pepper file if
+    there is none (processes racing to create it would read each other's half-written file)
+    and refuses a wrong one, in one line."""
     from authority.server import build_application, check_pepper
 
     application = build_application(settings)

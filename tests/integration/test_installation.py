@@ -130,15 +130,23 @@ def can_create_an_organization(server: ServerHandle, token: str) -> bool:
 # -- 4. the pepper ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["grpcio", "thin"])
 def test_serve_refuses_a_database_first_used_with_another_pepper_and_starts_with_its_own(
-    blank_database: str, tmp_path: Path
+    blank_database: str, tmp_path: Path, server: str
 ) -> None:
     with serve(blank_database):  # first use: records PEPPER_HEX's fingerprint
         pass
 
     started = time.monotonic()
     completed = authority(
-        tmp_path, blank_database, "serve", "--listen", "127.0.0.1:0", pepper_hex=OTHER_PEPPER_HEX
+        tmp_path,
+        blank_database,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        server,
+        pepper_hex=OTHER_PEPPER_HEX,
     )
 
     assert completed.returncode != 0, completed.stderr
@@ -149,7 +157,7 @@ def test_serve_refuses_a_database_first_used_with_another_pepper_and_starts_with
 
     # With the pepper the database was first used with, it serves.
     process = subprocess.Popen(
-        [sys.executable, "-m", "authority", "serve", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "authority", "serve", "--listen", "127.0.0.1:0", "--server", server],
         env=environment(blank_database),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

@@ -262,6 +262,13 @@ class TokenAuthorityServicer(token_authority_pb2_grpc.TokenAuthorityServicer):
 
 # The methods whose servicer answers bytes: sent as they are, not serialized again.
 AS_IS = frozenset({"Validate", "ValidateBatch", "ValidateStream"})
+# A method's handler factory by (client streaming, server streaming).
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 def add_to_server(servicer: TokenAuthorityServicer, server: grpc.aio.Server) -> None:
@@ -272,12 +279,7 @@ def add_to_server(servicer: TokenAuthorityServicer, server: grpc.aio.Server) -> 
         request = getattr(pb, method.input_type.name)
         response = getattr(pb, method.output_type.name)
         serialize = _as_is if method.name in AS_IS else response.SerializeToString
-        kind = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(method.client_streaming, method.server_streaming)]
+        kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=request.FromString,
