@@ -106,9 +106,10 @@ typecheck: generate
 unit: generate
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-# The tests of the hot methods and of what a caller sees, again against the thin server
-# (AUTHORITY_SERVER=thin), on SQLite; `make test-thin` runs every integration test against it
-# (about 8 minutes here). The thin server's own tests (test_thin_*) run in both.
+# The suite's own servers are grpcio, the fallback (they start in a fraction of a second; see
+# tests/harness.py); these tests of the hot methods and of what a caller sees run again against
+# the thin server, the default, on SQLite. `make test-thin` runs every integration test against
+# it (about 8 minutes here). The thin server's own tests (test_thin_*) run in both.
 THIN_TESTS := $(addprefix tests/integration/test_,smoke.py validate_batch_stream.py \
   validate_cache.py access_tokens.py tokens_api.py grpcurl.py readme.py hostile_input.py \
   watch_events.py client_exchange.py offline_verifier.py)

@@ -34,7 +34,6 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
-import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
@@ -45,6 +44,7 @@ from bench.__main__ import (
     RESULTS,
     SERVICE,
     Database,
+    ProcessTree,
     Sample,
     Scenario,
     _encode,
@@ -71,40 +71,6 @@ HEARING = {"postgres": "LISTEN/NOTIFY", "sqlite": "polls every 50 ms"}
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-class ProcessTree:
-    """A server process and the workers it started; CPU times summed over all of them (what
-    bench/__main__.py's `_load` samples, in place of a psutil.Process)."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-
-    def members(self) -> list[psutil.Process]:
-        return [self.root, *self.root.children(recursive=True)]
-
-    def cpu_times(self) -> tuple[float, float]:
-        user = system = 0.0
-        for process in self.members():
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            user += times.user
-            system += times.system
-        return user, system
-
-    def listening(self, port: int) -> int:
-        """How many processes of the tree listen on `port`."""
-        count = 0
-        for process in self.members():
-            try:
-                sockets = process.net_connections(kind="tcp")
-            except psutil.NoSuchProcess:
-                continue
-            if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets):
-                count += 1
-        return count
 
 
 @dataclass

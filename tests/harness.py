@@ -218,6 +218,9 @@ class ThinRunning:
 
 
 # Which server `serve` starts unless a test says: grpcio (server.py) or thin (thin_server.py).
+# grpcio, the product's fallback, by default: it starts in this process in a fraction of a
+# second, the thin server (an Envoy process) in about one, and the suite starts many servers.
+# `make test` runs the hot-path and caller-facing tests against thin too, `make test-thin` all.
 TEST_SERVER = os.environ.get("AUTHORITY_TEST_SERVER", "grpcio")
 
 

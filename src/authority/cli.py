@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--server",
         choices=("grpcio", "thin"),
-        help="thin: Envoy in front, the hot methods on the thin path (env AUTHORITY_SERVER, "
-        "default grpcio)",
+        help="thin: Envoy in front, the hot methods on the thin path; grpcio: everything on "
+        "grpcio, the fallback (env AUTHORITY_SERVER, default thin)",
     )
     # Internal: this process is a worker started by `serve --workers N` (the parent's pid).
     serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)

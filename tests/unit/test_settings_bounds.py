@@ -48,3 +48,11 @@ def test_the_defaults_and_the_edges_of_each_range_are_accepted() -> None:
 def test_replace_is_held_to_the_same_ranges() -> None:
     with pytest.raises(SettingsError, match="AUTHORITY_WORKERS"):
         Settings().replace(workers=0)
+
+
+def test_the_thin_server_is_the_default_and_grpcio_the_one_setting_fallback() -> None:
+    assert Settings().server == "thin"
+    assert Settings.from_env({"AUTHORITY_SERVER": "grpcio"}).server == "grpcio"
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"AUTHORITY_SERVER": "envoy"})
+    assert str(refused.value) == "AUTHORITY_SERVER='envoy': use grpcio or thin"
