@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from authority.thin_app import SOCKET_ENV
+from authority.thin_contract import SOCKET_ENV
 
 EMPTY_MESSAGE = b"\x00\x00\x00\x00\x00"  # uncompressed, zero bytes long
 START = {

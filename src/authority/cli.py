@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -103,9 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         stop_logging = logs.configure(settings.log_level)
         try:
-            return _run(args, settings)
+            outcome = _run(args, settings)
         finally:
             stop_logging()
+        if isinstance(outcome, _Exec):
+            return outcome.run()
+        return outcome
     except (AuthorityError, SettingsError) as error:
         print(f"authority: {error}", file=sys.stderr)
         return 1
@@ -118,7 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+@dataclass(frozen=True)
+class _Exec:
+    """Become another program (the thin server's supervisor), once this one's logs are out."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+    def run(self) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(self.argv[0], self.argv, self.env)  # noqa: S606 - our own argv, no shell
+        except OSError as error:
+            print(f"authority: cannot start the thin server: {error.strerror}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int | _Exec:
     from authority.store.database import migrate
 
     if args.command == "migrate":
@@ -128,11 +150,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from authority import workers
         from authority.server import run_loop, serve
-        from authority.thin_server import serve_thin
+        from authority.thin_server import command
 
         if args.worker_of is not None:  # the parent migrated and checked the pepper
             if settings.server == "thin":
-                return serve_thin(settings, parent=args.worker_of)
+                return _Exec(*command(settings, parent=args.worker_of))
             run_loop(serve(settings, parent=args.worker_of), settings.event_loop)
             return 0
         workers.check(settings)
@@ -141,9 +163,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             _check_pepper(settings)
             return workers.supervise(settings)
         if settings.server == "thin":
-            # Here, so that a wrong pepper is this one line, not Envoy's app failing to start.
+            # Here, so that a wrong pepper is this one line, not Envoy's app failing to start;
+            # then this process becomes the supervisor (thin_server.py), shedding what it
+            # imported to migrate and check.
             _check_pepper(settings)
-            return serve_thin(settings)
+            return _Exec(*command(settings))
         run_loop(serve(settings), settings.event_loop)
         return 0
     if args.command in ("bootstrap", "break-glass"):

@@ -29,14 +29,10 @@ from authority.api.thin import build_app
 from authority.api.thin._grpc import AsgiApp, Receive, Scope, Send, ThinGrpc
 from authority.server import Application, RunningServer, build_application, start_server
 from authority.settings import Settings
+from authority.thin_contract import SOCKET_ENV, SUPERVISOR_ENV
 
 log = logging.getLogger("authority.server")
 
-# The supervisor's private socket for the grpcio server (in a directory only this user reads).
-SOCKET_ENV = "AUTHORITY_THIN_GRPCIO_SOCKET"
-# The supervisor's pid: Envoy stops itself when that process is gone (killed without the chance
-# to stop it), instead of serving on alone.
-SUPERVISOR_ENV = "AUTHORITY_THIN_SUPERVISOR"
 _STATE_KEY = "authority.thin"
 ORPHAN_CHECK_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -12,7 +12,10 @@ This module is the supervisor `authority serve` runs in this mode (after the CLI
 the pepper, as for `--workers`): it checks the port (so that a taken one reads as it does on
 grpcio), writes the Envoy configuration, starts Envoy, waits for it to serve, and on
 SIGINT/SIGTERM drains the listener (GOAWAY to every connection, calls in flight finish)
-before stopping it.
+before stopping it. The CLI hands over to it by exec (`python -m authority.thin_server`, the
+settings in the environment), so that the process which waits beside Envoy for the server's
+whole life holds none of the modules the CLI needed to migrate and check the pepper (about
+40 MB); it imports none of the object graph's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,10 +42,15 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authority.api.errors import PEER_HEADER
-from authority.api.thin import HOT_METHODS, path_of
+from authority import logs
 from authority.settings import Settings, SettingsError
-from authority.thin_app import SOCKET_ENV, SUPERVISOR_ENV
+from authority.thin_contract import (
+    HOT_METHODS,
+    PEER_HEADER,
+    SOCKET_ENV,
+    SUPERVISOR_ENV,
+    path_of,
+)
 from authority.workers import bind_errors, worker_environment
 
 log = logging.getLogger("authority.server")
@@ -483,3 +492,35 @@ def serve_thin(settings: Settings, parent: int | None = None) -> int:
         server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def command(settings: Settings, parent: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment the CLI execs into once it has migrated and checked the
+    pepper: this module's `main`, with every setting as resolved (CLI flags included)."""
+    argv = [sys.executable, "-m", "authority.thin_server"]
+    if parent is not None:
+        argv.append(str(parent))
+    return argv, worker_environment(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m authority.thin_server [PARENT]`: serve_thin with the settings of the
+    environment; errors in one line, as the CLI's."""
+    arguments = sys.argv[1:] if argv is None else argv
+    try:
+        settings = Settings.from_env()
+        parent = int(arguments[0]) if arguments else None
+        stop_logging = logs.configure(settings.log_level)
+        try:
+            return serve_thin(settings, parent=parent)
+        finally:
+            stop_logging()
+    except SettingsError as error:
+        print(f"authority: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from authority.api.errors import PEER_HEADER, peer_of
+from authority.api.errors import peer_of
 from authority.api.thin import HOT_METHODS, path_of
+from authority.api.token_authority import SERVICE
 from authority.settings import Settings
+from authority.thin_contract import PEER_HEADER, SERVICE_NAME
 from authority.thin_server import environment, envoy_config
 
 PRIVATE = Path("/run/authority-private")
@@ -103,3 +107,37 @@ def test_the_callers_address(
     peer: str, metadata: tuple[tuple[str, str], ...], expected: str
 ) -> None:
     assert peer_of(FakeContext(peer, metadata)) == expected  # type: ignore[arg-type]
+
+
+def test_the_contracts_service_is_the_protos_and_its_paths_are_the_hot_methods() -> None:
+    assert SERVICE.full_name == SERVICE_NAME
+    assert {path_of(m) for m in HOT_METHODS} == {
+        f"/{SERVICE.full_name}/{m}"
+        for m in ("Validate", "ValidateBatch", "ValidateStream", "RefreshToken")
+    }
+    assert all(SERVICE.methods_by_name.get(m) is not None for m in HOT_METHODS)
+
+
+def test_the_supervisor_imports_none_of_the_object_graph() -> None:
+    """The process that waits beside Envoy for the server's life: what it imports it holds
+    (the CLI execs into it after migrating, so as not to hold SQLAlchemy and the app)."""
+    probe = (
+        "import sys, authority.thin_server\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('authority', 'sqlalchemy', "
+        "'alembic', 'jwt', 'cryptography', 'psycopg', 'argon2'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == str(
+        sorted(
+            [
+                "authority",
+                "authority.logs",
+                "authority.settings",
+                "authority.thin_contract",
+                "authority.thin_server",
+                "authority.workers",
+            ]
+        )
+    )

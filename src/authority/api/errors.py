@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from authority.domain import errors
 from authority.domain.audit import Refusal
 from authority.domain.policy import Caller
+from authority.thin_contract import PEER_HEADER
 
 # By class, and looked up along the class hierarchy (most specific first), so that a new
 # subclass of NotFound is NOT_FOUND without being listed here.
@@ -67,11 +68,6 @@ class ScopeMissing(errors.PermissionDenied):
 
 # A message longer than this is cut: with the details it must fit gRPC's trailers (8 KiB).
 MAX_MESSAGE = 1000
-
-
-# The caller's address as the thin server's Envoy saw it (thin_server.PEER_HEADER, which Envoy
-# overwrites on every request): grpcio behind Envoy sees only its private unix socket.
-PEER_HEADER = "x-authority-peer"
 
 
 def peer_of(context: Context) -> str:

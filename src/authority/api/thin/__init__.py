@@ -23,9 +23,8 @@ from authority.api.thin._grpc import (
     Send,
     ThinGrpc,
 )
-from authority.api.thin._hot import HotMethods, fault_status, path_of, status_error
-
-HOT_METHODS = ("Validate", "ValidateBatch", "ValidateStream", "RefreshToken")
+from authority.api.thin._hot import HotMethods, fault_status, status_error
+from authority.thin_contract import HOT_METHODS, path_of
 
 
 def build_app(

@@ -25,16 +25,12 @@ from authority.api.thin._grpc import Code, GrpcError, Messages, SendMessage
 from authority.api.token_authority import SERVICE, STREAM_BUFFER
 from authority.domain.errors import AuthorityError
 from authority.domain.validation import check_batch_size, check_request_id
+from authority.thin_contract import path_of
 from authority.v1 import token_authority_pb2 as pb
 
 M = TypeVar("M", bound=Message)
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-def path_of(method: str) -> str:
-    """The HTTP/2 :path of a TokenAuthority method."""
-    return f"/{SERVICE.full_name}/{method}"
 
 
 def status_error(error: Exception) -> GrpcError | None:
