@@ -255,13 +255,7 @@ def _load(
         assert client.stdin is not None
         client.stdin.write(json.dumps(spec))
         client.stdin.close()
-    # Server CPU is sampled inside the clients' measured window, a margin from either end.
-    margin = min(0.3, args.duration / 4)
-    time.sleep(args.warmup + margin)
-    cpu_before = sum(server.cpu_times()[:2])
-    window_started = time.perf_counter()
-    time.sleep(args.duration - 2 * margin)
-    server_cpu = (sum(server.cpu_times()[:2]) - cpu_before) / (time.perf_counter() - window_started)
+    server_cpu = server_cpu_in_window(server, args)
     latencies: list[float] = []
     client_cpu = 0.0
     for client in clients:
@@ -294,6 +288,17 @@ class Sample:
     latencies: list[float]
     server_cpu: float
     client_cpu: float
+
+
+def server_cpu_in_window(server: ProcessTree, args: argparse.Namespace) -> float:
+    """Cores the server used inside a load generator's measured window (started just now:
+    `warmup` seconds, then `duration`), a margin from either end."""
+    margin = min(0.3, args.duration / 4)
+    time.sleep(args.warmup + margin)
+    cpu_before = sum(server.cpu_times())
+    window_started = time.perf_counter()
+    time.sleep(args.duration - 2 * margin)
+    return (sum(server.cpu_times()) - cpu_before) / (time.perf_counter() - window_started)
 
 
 def _measure(

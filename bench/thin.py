@@ -32,6 +32,7 @@ from authority.thin_server import ThinServer
 from authority.v1 import token_authority_pb2 as pb
 from authority.v1 import token_authority_pb2_grpc
 from bench.__main__ import (
+    SERVICE,
     Database,
     ProcessTree,
     Sample,
@@ -42,6 +43,7 @@ from bench.__main__ import (
     _prepared,
     _server,
     _warm,
+    server_cpu_in_window,
 )
 from bench.propagation import Background
 
@@ -259,15 +261,10 @@ def _h2load(running: Running, token: str, args: argparse.Namespace) -> Sample:
             "content-type: application/grpc",
             "-H",
             "te: trailers",
-            f"http://{running.target}/authority.v1.TokenAuthority/Validate",
+            f"http://{running.target}{SERVICE}/Validate",
         ]
         client = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        margin = min(0.3, args.duration / 4)
-        time.sleep(args.warmup + margin)
-        before = sum(running.tree.cpu_times())
-        started = time.perf_counter()
-        time.sleep(args.duration - 2 * margin)
-        cores = (sum(running.tree.cpu_times()) - before) / (time.perf_counter() - started)
+        cores = server_cpu_in_window(running.tree, args)
         output, _ = client.communicate(timeout=60)
     rate = re.search(r"finished in [^,]+, ([\d.]+) req/s", output)
     counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
@@ -322,20 +319,19 @@ def report(comparison: Comparison) -> str:
         f"With no load, grpcio used {comparison.idle['grpcio']:.1%} of a core and the thin "
         f"server {comparison.idle['thin']:.1%}.",
     ]
-    thin_paced = next(pair for pair in comparison.pairs if pair.name == PACED).us("thin")
+    paced = next(pair for pair in comparison.pairs if pair.name == PACED)
     lines += [
         "",
         f"The engine's floor at {PACED_RATE:,.0f} calls/s: an empty answer from an ASGI app "
         "that does nothing (bench/floor_app.py), in the thin server's own Envoy and pyvoy "
         f"configuration, costs {comparison.floor_us():.0f} µs per call, against "
-        f"{thin_paced:.0f} for the thin server's Validate. grpcio's paced Validate over it, "
+        f"{paced.us('thin'):.0f} for the thin server's Validate. grpcio's paced Validate over it, "
         f"{comparison.ceiling():.2f}x, is the most any app on this engine could gain at this "
         "rate.",
     ]
     if comparison.paced_errors:
         lines.append(f"\n{comparison.paced_errors} paced calls failed.")
     saturated = next(pair for pair in comparison.pairs if pair.name == VALIDATE).ratio()
-    paced = next(pair for pair in comparison.pairs if pair.name == PACED).ratio()
     by_h2load = next((pair for pair in comparison.pairs if pair.name == H2LOAD), None)
     if by_h2load is None:
         lines.append(
@@ -362,7 +358,7 @@ def report(comparison: Comparison) -> str:
     targets.append(
         (
             f">= {GOAL_PACED:g}x at {PACED_RATE:,.0f} calls/s (cache-hit Validate)",
-            paced,
+            paced.ratio(),
             GOAL_PACED,
         )
     )

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from authority import audit_export, logs, operator
 from authority.domain.errors import AuthorityError
-from authority.settings import Settings, SettingsError
+from authority.settings import SERVERS, Settings, SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--server",
-        choices=("grpcio", "thin"),
+        choices=SERVERS,
         help="thin: Envoy in front, the hot methods on the thin path; grpcio: everything on "
         "grpcio, the fallback (env AUTHORITY_SERVER, default thin)",
     )
