@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = _run(args, settings)
         finally:
             stop_logging()
-        if isinstance(outcome, _Exec):
+        if isinstance(outcome, (_Exec, _Exit)):
             return outcome.run()
         return outcome
     except (AuthorityError, SettingsError) as error:
@@ -140,7 +140,20 @@ class _Exec:
         return 1
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int | _Exec:
+@dataclass(frozen=True)
+class _Exit:
+    """End a server that has stopped, without the interpreter's teardown: its calls are drained
+    and its store closed, and grpcio's teardown is what can hang (server.StopDeadline)."""
+
+    code: int
+
+    def run(self) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self.code)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int | _Exec | _Exit:
     from authority.store.database import migrate
 
     if args.command == "migrate":
@@ -156,7 +169,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int | _Exec:
             if settings.server == "thin":
                 return _Exec(*command(settings, parent=args.worker_of))
             run_loop(serve(settings, parent=args.worker_of), settings.event_loop)
-            return 0
+            return _Exit(0)
         workers.check(settings)
         migrate(settings.database_url)
         if settings.workers > 1:
@@ -169,7 +182,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int | _Exec:
             _check_pepper(settings)
             return _Exec(*command(settings))
         run_loop(serve(settings), settings.event_loop)
-        return 0
+        return _Exit(0)
     if args.command in ("bootstrap", "break-glass"):
         from authority.server import build_application, check_pepper
 

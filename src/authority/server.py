@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 import uvloop
@@ -42,6 +45,7 @@ from authority.domain.token_format import SecretHasher
 from authority.domain.tokens import TokenService
 from authority.domain.validation import EntryCompiler, ValidationEntry
 from authority.domain.watch import EventWatch
+from authority.logs import JsonFormatter
 from authority.settings import Settings, SettingsError
 from authority.store.database import create_engines, is_sqlite, libpq_url
 from authority.store.repository import SqlStore
@@ -368,7 +372,71 @@ async def serve(settings: Settings, parent: int | None = None) -> None:
         _stop_when_orphaned(parent, stop)
     await stop.wait()
     log.info("stopping")
-    await running.stop(grace=5.0)
+    deadline = StopDeadline(STOP_GRACE + STOP_MARGIN)
+    deadline.arm()
+    try:
+        await running.stop(grace=STOP_GRACE)
+    finally:
+        deadline.cancel()
+
+
+STOP_GRACE = 5.0
+# Beyond the grace: the feed's listener thread (joined for up to 5 s) and the store's dispose.
+STOP_MARGIN = 5.0
+
+
+class StopDeadline:
+    """A process asked to stop must end, even when something in it hangs.
+
+    CI once saw ours alive 10 s after SIGTERM with nothing in flight (the change feed's
+    follower had swallowed its cancel: aio.wait_set), and grpcio's aio server is known to hang
+    in stop() now and then (grpc/grpc#28999, #40834). An orchestrator would wait out its own
+    timeout and then SIGKILL, silently; this ends it sooner and says why:
+    after `seconds` it writes one error line and every thread's stack (for the bug report) to
+    `stream`, then exits 1. A stop that finishes first cancels it, and `authority serve` then
+    exits at once, without the interpreter's teardown (cli._Exit).
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        stream: TextIO | None = None,
+        exit: Callable[[int], object] = os._exit,
+    ) -> None:
+        self._seconds = seconds
+        self._stream = stream if stream is not None else sys.stderr
+        self._exit = exit
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.name = "authority-stop-deadline"
+
+    def arm(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """The stop ended in time; once this returns, the deadline can no longer fire."""
+        self._timer.cancel()
+        if self._timer.is_alive():
+            self._timer.join()
+
+    def _expire(self) -> None:
+        # Straight to the stream: the log's writer thread may be what is stuck.
+        record = log.makeRecord(
+            log.name,
+            logging.ERROR,
+            __file__,
+            0,
+            "stopping took longer than %g s; exiting (threads' stacks follow)",
+            (self._seconds,),
+            None,
+        )
+        try:
+            self._stream.write(JsonFormatter().format(record) + "\n")
+            self._stream.flush()
+            faulthandler.dump_traceback(file=self._stream, all_threads=True)
+        except (OSError, ValueError):  # a closed or unwritable stderr must not keep it alive
+            pass
+        self._exit(1)
 
 
 def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:

@@ -24,6 +24,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from authority.domain.token_format import SCANNER_REGEX
+from authority.server import STOP_GRACE, STOP_MARGIN
 from authority.v1 import admin_pb2, token_authority_pb2_grpc
 from authority.v1 import token_authority_pb2 as pb
 from tests.harness import (
@@ -173,10 +174,13 @@ def test_serve_refuses_a_database_first_used_with_another_pepper_and_starts_with
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            # Past the server's own deadline for stopping, which ends it with a reason.
+            process.wait(timeout=STOP_GRACE + STOP_MARGIN + QUICK_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        assert process.stderr is not None
+        seen.append(process.stderr.read())
     assert process.returncode == 0, "".join(seen)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from authority.aio import wait_set
 from authority.cache.feed import BATCH, ChangeFeed
 from authority.cache.validator import CacheConfig, Validator
 from authority.domain.errors import Unavailable
@@ -225,3 +226,52 @@ def test_only_token_events_invalidate(kind: EventKind) -> None:
     world.feed.apply([RecordedEvent(1, event)])
     expected = 1 if kind.value.startswith("token.") else 0
     assert world.validator.stats().invalidations == expected
+
+
+def test_a_wake_at_the_moment_of_stop_does_not_keep_the_follower_running() -> None:
+    """On Python 3.11, asyncio.wait_for swallowed a cancel that came as its event was set: a
+    NOTIFY as the server stopped kept the follower polling and the server's stop waiting."""
+
+    async def scenario() -> None:
+        world = World()
+        feed = ChangeFeed(
+            world.log,  # type: ignore[arg-type]
+            world.validator,
+            poll_seconds=60,  # the follower waits for a wake after its first read
+            bound_seconds=STALENESS,
+            monotonic=world.monotonic,
+        )
+        await feed.start()
+        await until(lambda: world.log.reads == 1)
+        await asyncio.sleep(0.05)  # into its wait
+        feed._notified()  # what the LISTEN thread does on a NOTIFY
+        async with asyncio.timeout(5):
+            await feed.stop()
+        assert world.log.reads == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("set_it", [True, False])
+def test_wait_set_passes_a_cancel_that_comes_as_the_event_is_set(set_it: bool) -> None:
+    async def scenario() -> None:
+        event = asyncio.Event()
+        waiter = asyncio.create_task(wait_set(event, 60))
+        await asyncio.sleep(0.01)
+        if set_it:
+            event.set()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(scenario())
+
+
+def test_wait_set_says_whether_the_event_was_set() -> None:
+    async def scenario() -> None:
+        event = asyncio.Event()
+        assert await wait_set(event, 0.01) is False
+        event.set()
+        assert await wait_set(event, 60) is True
+
+    asyncio.run(scenario())

@@ -137,7 +137,8 @@ class Runtime:
         try:
             event = self.audit.admit(refusal)
             if event is not None:
-                await asyncio.wait_for(self.run(self.audit.record, event), REFUSAL_RECORD_TIMEOUT)
+                async with asyncio.timeout(REFUSAL_RECORD_TIMEOUT):
+                    await self.run(self.audit.record, event)
         except Exception as error:
             # Only the class: a driver's message may quote the statement's parameters.
             log.warning(

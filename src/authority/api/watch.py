@@ -16,11 +16,11 @@ with UNAUTHENTICATED at the next event, or within RECHECK_SECONDS if none comes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from authority.aio import wait_set
 from authority.api.errors import Reauthenticate
 from authority.domain.events import TOKEN_KINDS, RecordedEvent, WatchedEvent
 from authority.domain.policy import Caller
@@ -83,8 +83,7 @@ async def follow(
             if mark_caught_up:
                 mark_caught_up = False
                 yield CaughtUp(last)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), RECHECK_SECONDS)
+            await wait_set(wake, RECHECK_SECONDS)
             caller = await authenticate()
     finally:
         runtime.event_listeners.remove(on_events)

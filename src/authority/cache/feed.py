@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
+from authority.aio import wait_set
 from authority.cache.validator import Monotonic, Validator
 from authority.domain.errors import Unavailable
 from authority.domain.events import TOKEN_KINDS, RecordedEvent
@@ -134,7 +135,7 @@ class ChangeFeed:
     async def _follow(self) -> None:
         assert self._loop is not None and self._wake is not None
         interval = self._poll * (NOTIFIED_POLL_FACTOR if self._listener else 1)
-        while True:
+        while not self._stopping.is_set():
             began = self._monotonic()
             try:
                 events = await self._loop.run_in_executor(
@@ -158,8 +159,7 @@ class ChangeFeed:
                 self._validator.confirm(began)
                 self._set_healthy(True)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            await wait_set(self._wake, interval)
 
     def _set_healthy(self, healthy: bool) -> None:
         if healthy != self._healthy:

@@ -535,7 +535,8 @@ def _fault_status(incident: str) -> GrpcError:
 async def _settle(pump: asyncio.Task[None]) -> None:
     """Let a drained stream's reader end with the stream; cancel it if the engine never says."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(pump, DRAIN_TIMEOUT)  # cancels the reader when it times out
+        async with asyncio.timeout(DRAIN_TIMEOUT):  # cancels the reader when it times out
+            await pump
 
 
 async def _finish(send: Send, code: int, message: str, details: bytes | None = None) -> None:
