@@ -20,6 +20,9 @@ SOCKET_ENV = "AUTHORITY_THIN_GRPCIO_SOCKET"
 # The supervisor's pid: Envoy stops itself when that process is gone (killed without the
 # chance to stop it), instead of serving on alone.
 SUPERVISOR_ENV = "AUTHORITY_THIN_SUPERVISOR"
+# What a request that is not gRPC (not a POST, or another content type) gets, with HTTP 415
+# (the gRPC spec's SHOULD): from the app on the hot methods, from Envoy's routes on the rest.
+NOT_GRPC_BODY = "not a gRPC request\n"
 
 
 def path_of(method: str) -> str:

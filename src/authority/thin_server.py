@@ -46,6 +46,7 @@ from authority import logs
 from authority.settings import Settings, SettingsError
 from authority.thin_contract import (
     HOT_METHODS,
+    NOT_GRPC_BODY,
     PEER_HEADER,
     SOCKET_ENV,
     SUPERVISOR_ENV,
@@ -190,12 +191,34 @@ def envoy_config(
                     "domains": ["*"],
                     "routes": [
                         {
-                            "match": {"prefix": "/"},
+                            # gRPC's content types only, as the app decides on the hot
+                            # methods (_read_head): grpcio answers any other as gRPC, and
+                            # resets a GET of a browser or curl, which Envoy turned into a
+                            # 503 "upstream connect error". (A GET that says gRPC is passed
+                            # on: Envoy would answer it grpc-status UNKNOWN.)
+                            "match": {
+                                "prefix": "/",
+                                "headers": [
+                                    {
+                                        "name": "content-type",
+                                        "string_match": {
+                                            "safe_regex": {"regex": "application/grpc([+;].*)?"}
+                                        },
+                                    },
+                                ],
+                            },
                             # No timeout of Envoy's own: grpcio enforces the caller's
                             # grpc-timeout and answers DEADLINE_EXCEEDED (Envoy would reset
                             # a stream already answering).
                             "route": {"cluster": "grpcio", "timeout": "0s"},
-                        }
+                        },
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {
+                                "status": 415,
+                                "body": {"inline_string": NOT_GRPC_BODY},
+                            },
+                        },
                     ],
                 }
             ],

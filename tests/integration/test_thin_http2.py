@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2.errors import ErrorCodes
 
 from authority.api.thin import MAX_MESSAGE, READ_AHEAD
+from authority.thin_contract import NOT_GRPC_BODY
 from authority.thin_server import STREAM_WINDOW
 from authority.v1 import token_authority_pb2 as pb
 from tests.h2_client import H2Client, Response, grpc_frame, grpc_messages_prefix
@@ -266,43 +267,55 @@ def test_a_message_declared_over_the_limit_is_refused_before_its_body(
 # -- 5. not a gRPC request ---------------------------------------------------------------------
 
 
+# Every half: the app answers on the hot methods, Envoy's routes on the rest (grpcio itself
+# resets a GET, which Envoy turned into a 503 "upstream connect error", and answered any content
+# type as gRPC); an unknown path too.
+EVERY_HALF = [VALIDATE, VALIDATE_STREAM, PING, HEALTH_CHECK, CACHE_STATS, "/nowhere"]
+
+
+def assert_not_grpc(refused: Response) -> None:
+    assert refused.status == 415
+    assert refused.grpc_status is None
+    assert refused.data == NOT_GRPC_BODY.encode()
+    assert CANARY.encode() not in refused.data
+    assert_no_envoy_headers(refused)
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", None, "application/json", "application"])
-@pytest.mark.parametrize("path", [VALIDATE, VALIDATE_STREAM])
-def test_a_request_that_is_not_grpc_gets_http_415_on_the_thin_half(
+@pytest.mark.parametrize("path", EVERY_HALF)
+def test_a_request_that_is_not_grpc_gets_http_415(
     thin: Thin, path: str, content_type: str | None
 ) -> None:
     with thin.client() as client:
-        refused = client.response(
-            client.call(path, [validate_request()], content_type=content_type)
+        assert_not_grpc(
+            client.response(client.call(path, [validate_request()], content_type=content_type))
         )
-        assert refused.status == 415
-        assert refused.grpc_status is None
-        assert CANARY.encode() not in refused.data
-        assert_no_envoy_headers(refused)
+        still_serving(client)
+
+
+@pytest.mark.parametrize("path", EVERY_HALF)
+def test_a_browsers_get_gets_http_415(thin: Thin, path: str) -> None:
+    with thin.client() as client:
+        get = client.start(path, method="GET", content_type=None, end_stream=True)
+        assert_not_grpc(client.response(get))
         still_serving(client)
 
 
 @pytest.mark.parametrize("path", [VALIDATE, VALIDATE_STREAM])
-def test_a_get_gets_http_415_on_the_thin_half(thin: Thin, path: str) -> None:
-    """(The grpcio half resets a GET; Envoy turns that into UNAVAILABLE, "upstream connect
-    error or disconnect/reset before headers".)"""
+def test_a_get_that_says_grpc_gets_http_415_on_the_thin_half(thin: Thin, path: str) -> None:
+    """(The grpcio half resets it; Envoy turns that into UNAVAILABLE, "upstream connect error
+    or disconnect/reset before headers". Its own answer would be grpc-status UNKNOWN.)"""
     with thin.client() as client:
-        refused = client.response(client.start(path, method="GET", end_stream=True))
-        assert refused.status == 415
-        assert refused.grpc_status is None
-        assert_no_envoy_headers(refused)
+        assert_not_grpc(client.response(client.start(path, method="GET", end_stream=True)))
         still_serving(client)
 
 
-def test_grpcio_half_answers_a_request_that_is_not_grpc_as_grpc(thin: Thin) -> None:
-    """grpcio (C-core) does not look at content-type, and Envoy passes the request through:
-    the routed half answers where the thin half says 415 (the spec's SHOULD). Pinned here so
-    that the difference is seen if either side changes."""
+@pytest.mark.parametrize("content_type", ["application/grpc+proto", "application/grpc; x=y"])
+def test_grpc_content_types_with_a_suffix_reach_either_half(thin: Thin, content_type: str) -> None:
     with thin.client() as client:
-        for content_type in ("text/plain", None):
-            answered = client.response(client.call(PING, [PING_REQUEST], content_type=content_type))
-            assert pb.PingResponse.FromString(assert_ok_unary(answered)).payload == CANARY
-        still_serving(client)
+        for path, message in ((PING, PING_REQUEST), (VALIDATE, validate_request())):
+            answered = client.response(client.call(path, [message], content_type=content_type))
+            assert answered.status == 200 and answered.grpc_status == 0, answered.headers
 
 
 # -- 6. deadlines ------------------------------------------------------------------------------

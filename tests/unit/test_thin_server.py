@@ -14,7 +14,7 @@ from authority.api.errors import peer_of
 from authority.api.thin import HOT_METHODS, path_of
 from authority.api.token_authority import SERVICE
 from authority.settings import Settings
-from authority.thin_contract import PEER_HEADER, SERVICE_NAME
+from authority.thin_contract import NOT_GRPC_BODY, PEER_HEADER, SERVICE_NAME
 from authority.thin_server import environment, envoy_config
 
 PRIVATE = Path("/run/authority-private")
@@ -43,10 +43,19 @@ def test_only_the_hot_methods_reach_the_embedded_app_and_it_is_started_once() ->
     assert app["app"] == "authority.thin_app:app" and app["lifespan"] is True
 
 
-def test_every_other_path_goes_to_grpcio_on_the_private_socket_with_no_envoy_timeout() -> None:
+def test_every_other_grpc_path_goes_to_grpcio_on_the_private_socket_with_no_envoy_timeout() -> None:
     cfg = config()
-    route = manager(cfg)["route_config"]["virtual_hosts"][0]["routes"]
-    assert route == [{"match": {"prefix": "/"}, "route": {"cluster": "grpcio", "timeout": "0s"}}]
+    grpc, rest = manager(cfg)["route_config"]["virtual_hosts"][0]["routes"]
+    assert grpc["match"]["prefix"] == "/"
+    (content_type,) = grpc["match"]["headers"]
+    assert content_type["name"] == "content-type"
+    assert content_type["string_match"] == {"safe_regex": {"regex": "application/grpc([+;].*)?"}}
+    assert grpc["route"] == {"cluster": "grpcio", "timeout": "0s"}
+    # What is not gRPC is answered as the app answers it on the hot methods.
+    assert rest == {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 415, "body": {"inline_string": NOT_GRPC_BODY}},
+    }
     cluster = cfg["static_resources"]["clusters"][0]
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"] == {"pipe": {"path": str(PRIVATE / "grpcio.sock")}}

@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, Final
 
+from authority.thin_contract import NOT_GRPC_BODY
+
 log = logging.getLogger("authority.calls")
 
 # ASGI 3, as much of it as this app uses.
@@ -554,7 +556,7 @@ async def _refuse_not_grpc(send: Send) -> None:
             "headers": [(b"content-type", b"text/plain")],
         }
     )
-    await send({"type": "http.response.body", "body": b"not a gRPC request\n"})
+    await send({"type": "http.response.body", "body": NOT_GRPC_BODY.encode()})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
