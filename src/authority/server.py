@@ -355,6 +355,11 @@ def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         raise SettingsError(f"AUTHORITY_EVENT_LOOP={event_loop!r}: use uvloop or asyncio")
 
 
+STOP_GRACE = 5.0
+# Beyond the grace: the feed's listener thread (joined for up to 5 s) and the store's dispose.
+STOP_MARGIN = 5.0
+
+
 async def serve(settings: Settings, parent: int | None = None) -> None:
     """`authority serve`: run until SIGINT/SIGTERM, then drain calls in flight.
 
@@ -378,11 +383,6 @@ async def serve(settings: Settings, parent: int | None = None) -> None:
         await running.stop(grace=STOP_GRACE)
     finally:
         deadline.cancel()
-
-
-STOP_GRACE = 5.0
-# Beyond the grace: the feed's listener thread (joined for up to 5 s) and the store's dispose.
-STOP_MARGIN = 5.0
 
 
 class StopDeadline:

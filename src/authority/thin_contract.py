@@ -23,6 +23,9 @@ SUPERVISOR_ENV = "AUTHORITY_THIN_SUPERVISOR"
 # What a request that is not gRPC (not a POST, or another content type) gets, with HTTP 415
 # (the gRPC spec's SHOULD): from the app on the hot methods, from Envoy's routes on the rest.
 NOT_GRPC_BODY = "not a gRPC request\n"
+# gRPC's content types, as Envoy's routes match them (RE2, the whole value). The app applies
+# the same rule on the hot methods without a regular expression (api/thin/_grpc._read_head).
+GRPC_CONTENT_TYPE_REGEX = "application/grpc([+;].*)?"
 
 
 def path_of(method: str) -> str:

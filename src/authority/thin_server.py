@@ -45,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authority import logs
 from authority.settings import Settings, SettingsError
 from authority.thin_contract import (
+    GRPC_CONTENT_TYPE_REGEX,
     HOT_METHODS,
     NOT_GRPC_BODY,
     PEER_HEADER,
@@ -202,7 +203,7 @@ def envoy_config(
                                     {
                                         "name": "content-type",
                                         "string_match": {
-                                            "safe_regex": {"regex": "application/grpc([+;].*)?"}
+                                            "safe_regex": {"regex": GRPC_CONTENT_TYPE_REGEX}
                                         },
                                     },
                                 ],

@@ -203,6 +203,7 @@ def _read_head(scope: Scope) -> _Head:
         raise _NotGrpc
     headers = dict(scope.get("headers", ()))  # names are lowercase in ASGI
     content_type = headers.get(b"content-type", b"")
+    # thin_contract.GRPC_CONTENT_TYPE_REGEX (Envoy's routes on the other methods), unrolled.
     if content_type != b"application/grpc" and not content_type.startswith(
         (b"application/grpc+", b"application/grpc;")
     ):
